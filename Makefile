@@ -1,0 +1,51 @@
+# dynconv — two commands for a new user: `make demo` and `make test`.
+# Both first bring this machine to a working .venv (idempotent: a second run skips what is installed).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dynconv-installed
+APT_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev
+DEMO_DIR ?= demo-out
+PYTEST_ARGS ?=
+# pip warns about every missing entry of the machine's local package index; hide only that noise
+QUIET_PIP := sed -u -e '/is ignored: it is neither a file nor a directory/d'
+
+.PHONY: install demo test bench clean apt
+
+install: $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "[install] apt packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory apt
+	@[ -x $(PY) ] || { echo "[install] creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[install] torch (pinned, local wheels)"
+	@$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
+	@$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
+	@echo "[install] dynconv and its stack (ffcv, deepspeed, submitit, ray[tune], mlflow)"
+	@$(PY) -m pip install -q numpy cython pkgconfig 2>&1 | $(QUIET_PIP)
+	@$(PY) -m pip install -q --no-build-isolation -e '.[ffcv,test]' 2>&1 | $(QUIET_PIP)
+	@$(PY) -c "import torch, torchvision, ffcv, deepspeed, submitit, ray.tune, mlflow; print('[install] ok: torch', torch.__version__, '| ffcv', ffcv.__version__)"
+	@touch $(STAMP)
+
+demo: install
+	@$(VENV)/bin/dynconv demo --out $(DEMO_DIR)
+
+test: install
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken"; exit 1; fi; \
+	exit $$rc
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

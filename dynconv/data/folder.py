@@ -1,0 +1,110 @@
+"""Scan and validate an ImageFolder dataset (``root/<class>/<image>``)."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import DynconvError
+
+
+@dataclass
+class FolderIndex:
+    root: Path
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def report(self) -> str:
+        """One line about skipped files, or '' when none were skipped."""
+        if not self.skipped:
+            return ""
+        first = ", ".join(f"{p.name} ({why})" for p, why in self.skipped[:3])
+        more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+        return f"skipped {len(self.skipped)} unreadable file(s) under {self.root}: {first}{more}"
+
+
+def _check_image(path: Path) -> str | None:
+    """``None`` if ``path`` opens as an image, else a short reason."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return "not an image" if isinstance(e, UnidentifiedImageError) else f"corrupt: {e.__class__.__name__}"
+
+
+def scan_image_folder(root: str | Path, strict: bool = False) -> FolderIndex:
+    """Index ``root/<class>/*`` (classes sorted by name, as torchvision's ImageFolder).
+
+    Unreadable or non-image files are skipped and listed in ``FolderIndex.skipped`` — or, with
+    ``strict=True``, are an error. A missing root, a root without class folders or an empty class
+    folder is always an error.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DynconvError(f"data path {root} does not exist: check the path (or run 'dynconv data synth {root.parent}')")
+    if not root.is_dir():
+        raise DynconvError(f"data path {root} is neither a folder of class folders nor a .beton file")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DynconvError(f"{root} has no class folders: expected {root}/<class>/<image files>")
+    index = FolderIndex(root, classes, [])
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        kept = 0
+        for path in files:
+            why = _check_image(path)
+            if why is None:
+                index.samples.append((path, label))
+                kept += 1
+            elif strict:
+                raise DynconvError(f"{path} is {why}: remove it, or drop --strict to skip such files")
+            else:
+                index.skipped.append((path, why))
+        if kept == 0:
+            raise DynconvError(f"class folder {root / name} has no readable images: add images or remove the folder")
+    if index.skipped:
+        warnings.warn(index.report(), stacklevel=2)
+    return index
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open any image as 3-channel RGB (grayscale is replicated, alpha dropped)."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def square_resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop to a square of the short side, then resize to ``size``×``size`` (uint8 CHW).
+
+    The same geometry as FFCV's ``CenterCropRGBImageDecoder(ratio=1)`` used on the FFCV path.
+    """
+    h, w = img.shape[-2:]
+    side = min(h, w)
+    if (h, w) != (side, side):
+        img = TF.center_crop(img, [side, side])
+    if side != size:
+        img = TF.resize(img, [size, size], antialias=True)
+    return img
+
+
+class ImageFolderDataset(Dataset):
+    """Decoded uint8 CHW images of a fixed size, with integer labels."""
+
+    def __init__(self, index: FolderIndex, image_size: int):
+        self.index, self.image_size = index, image_size
+
+    def __len__(self) -> int:
+        return len(self.index.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.index.samples[i]
+        img = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
+        return square_resize(img, self.image_size), label

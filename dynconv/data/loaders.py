@@ -1,0 +1,71 @@
+"""One entry point for input data: an ImageFolder directory or an FFCV ``.beton`` file.
+
+Both paths yield ``(images, labels)`` batches of uint8 NCHW images at ``image_size`` and int64 labels on
+the CPU; augmentation and normalisation run afterwards on the training device (see ``augment.py``),
+so the two paths share them exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+from ..errors import DynconvError
+from .folder import ImageFolderDataset, scan_image_folder
+
+BACKENDS = ("auto", "ffcv", "torchvision")
+
+
+@dataclass
+class DataSource:
+    """Batches plus what callers need to know about them."""
+
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    classes: list[str] | None
+    num_samples: int
+    backend: str
+    skipped: int = 0
+    _sampler_gen: torch.Generator | None = None
+    _seed: int = 0
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate one epoch; shuffling depends only on (seed, epoch)."""
+        if self._sampler_gen is not None:
+            self._sampler_gen.manual_seed(self._seed + epoch)
+        for x, y in self.batches:
+            yield x, y.long().view(-1)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
+def build_source(path: str | Path, *, image_size: int, batch_size: int, num_workers: int = 2,
+                 train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False) -> DataSource:
+    """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files."""
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise DynconvError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    is_beton = path.suffix == ".beton"
+    if is_beton:
+        if not path.is_file():
+            raise DynconvError(f"data file {path} does not exist: create it with 'dynconv convert IMAGE_FOLDER {path}'")
+        if backend == "torchvision":
+            raise DynconvError(f"{path} is an FFCV file: use data.backend=ffcv (or auto), or point at the image folder")
+        from . import ffcv_io
+
+        meta = ffcv_io.read_beton_meta(path)
+        loader = ffcv_io.ffcv_loader(path, image_size, batch_size, num_workers, shuffle=train, seed=seed,
+                                     drop_last=train)
+        return DataSource(loader, meta.get("classes"), int(loader.reader.num_samples), "ffcv", meta.get("skipped", 0))
+    if backend == "ffcv":
+        raise DynconvError(f"{path} is not a .beton file: convert it with 'dynconv convert {path} OUT.beton' or use data.backend=auto")
+    index = scan_image_folder(path, strict=strict)
+    dataset = ImageFolderDataset(index, image_size)
+    gen = torch.Generator().manual_seed(seed) if train else None
+    sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        drop_last=train and len(dataset) >= batch_size, persistent_workers=num_workers > 0)
+    return DataSource(loader, index.classes, len(dataset), "torchvision", len(index.skipped), gen, seed)

@@ -1,0 +1,58 @@
+"""Per-channel-subset evaluation: accuracy, weighted precision/recall/F1 (as in the study), macro F1, MACs."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from torch import nn
+
+from .channel_select import is_channel_adaptive, select_channels
+from .channels import Subset, subset_name
+from .flops import count_macs
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f1),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+@torch.no_grad()
+def predict_subsets(model: nn.Module, batches: Iterable, transform: Callable, subsets: list[Subset],
+                    device: torch.device) -> tuple[np.ndarray, dict[Subset, np.ndarray]]:
+    """One pass over the data; every batch is scored under every subset."""
+    model.eval()
+    adaptive = is_channel_adaptive(model)
+    labels, preds = [], {s: [] for s in subsets}
+    for images, y in batches:
+        x = transform(images)
+        labels.append(y.numpy())
+        for s in subsets:
+            preds[s].append(model(select_channels(x, s, adaptive)).argmax(1).cpu().numpy())
+    return np.concatenate(labels), {s: np.concatenate(p) for s, p in preds.items()}
+
+
+def evaluate_subsets(model: nn.Module, batches: Iterable, transform: Callable, subsets: list[Subset],
+                     channels: str, image_size: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """``{"RGB": {"accuracy", "precision", "recall", "f1", "f1_macro", "macs"}, ...}``."""
+    y, preds = predict_subsets(model, batches, transform, subsets, device)
+    adaptive = is_channel_adaptive(model)
+    out = {}
+    for s in subsets:
+        row = classification_metrics(y, preds[s])
+        row["macs"] = count_macs(model, len(s) if adaptive else len(channels), image_size)
+        out[subset_name(s, channels)] = row
+    return out
+
+
+def summarize(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean and worst accuracy over the evaluated subsets."""
+    accs = [r["accuracy"] for r in results.values()]
+    return {"mean_subset_acc": float(np.mean(accs)), "worst_subset_acc": float(np.min(accs))}

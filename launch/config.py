@@ -1,0 +1,160 @@
+"""The config schema (the only place that knows it), YAML loading and ``dotted.key=value`` overrides."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dynconv.errors import DynconvError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AugmentConfig(_Section):
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    rotation: float = Field(15.0, ge=0, le=180)
+    perspective: float = Field(0.2, ge=0, le=1)
+    perspective_p: float = Field(0.5, ge=0, le=1)
+
+
+class DataConfig(_Section):
+    train: str | None = None
+    val: str | None = None
+    image_size: int = Field(64, ge=8, le=4096)
+    num_workers: int = Field(2, ge=0, le=256)
+    channels: str = "RGB"
+    backend: Literal["auto", "ffcv", "torchvision"] = "auto"
+    strict: bool = False
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(_Section):
+    name: str = "dynamic_resnet18"
+    num_classes: int = Field(10, ge=2)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    device: str = "auto"
+    resume: str | None = None
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class DropoutConfig(_Section):
+    kind: Literal["none", "uniform_subsets"] = "uniform_subsets"
+
+
+class EvalConfig(_Section):
+    subsets: str = "all"
+    batch_size: int = Field(256, ge=1)
+
+
+class RunConfig(_Section):
+    dir: str = "runs/default"
+    name: str | None = None
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "dynconv"
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    dropout: DropoutConfig = DropoutConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _explain(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, _known_keys(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see launch/configs/demo.yaml for the valid keys"
+        return f"unknown config key '{key}': {hint}"
+    return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key or key.startswith(".") or key.endswith("."):
+            raise DynconvError(f"override {item!r} is not of the form dotted.key=value (e.g. train.epochs=5)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise DynconvError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- YAML file <- overrides; any unknown key or bad value is a one-line DynconvError."""
+    base: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DynconvError(f"config file {path} does not exist: pass a YAML file such as launch/configs/demo.yaml")
+        try:
+            base = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DynconvError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(base, dict):
+            raise DynconvError(f"config file {path} must hold a mapping of sections (data:, model:, train:, ...)")
+    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), parse_overrides(list(overrides))))
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise DynconvError(_explain(e)) from None
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"train.lr": 0.05, ...}`` for tracking params."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(cfg.model_dump(), "")
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

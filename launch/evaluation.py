@@ -1,0 +1,61 @@
+"""`dynconv eval`: score a checkpoint on every channel subset of a validation set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dynconv.channels import parse_subsets
+from dynconv.data import BatchTransform, DataSource, build_source
+from dynconv.errors import DynconvError
+from dynconv.evaluate import evaluate_subsets, summarize
+from dynconv.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DynconvError(f"device {name!r} requested but CUDA is not available: use train.device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DynconvError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def check_classes(source: DataSource, num_classes: int, trained_on: list[str] | None, what: str) -> None:
+    if source.classes is None:
+        return
+    if len(source.classes) != num_classes:
+        raise DynconvError(f"{what} has {len(source.classes)} classes but the model has {num_classes}: "
+                           f"set model.num_classes={len(source.classes)} or use matching data")
+    if trained_on and list(trained_on) != list(source.classes):
+        raise DynconvError(f"{what} has classes {source.classes[:3]}... but the model was trained on "
+                           f"{list(trained_on)[:3]}...: evaluate on data with the same class folders")
+
+
+def evaluate_model(model, manifest: dict, source: DataSource, subsets: str | None,
+                   device: torch.device) -> dict:
+    """The report dict written as eval.json: model, image size, per-subset metrics and a summary."""
+    channels = manifest["channels"]
+    parsed = parse_subsets(subsets, channels)
+    transform = BatchTransform(manifest["mean"], manifest["std"], device)
+    results = evaluate_subsets(model, source.epoch(0), transform, parsed, channels, manifest["image_size"], device)
+    return {"model": manifest["model"], "image_size": manifest["image_size"], "channels": channels,
+            "num_samples": source.num_samples, "subsets": results, "summary": summarize(results)}
+
+
+def run_eval(checkpoint: str, data: str, subsets: str | None = None, batch_size: int = 256,
+             num_workers: int = 2, strict: bool = False, device: str = "auto",
+             expect_model: str | None = None) -> dict:
+    ckpt = load_checkpoint(checkpoint)
+    manifest = ckpt["dynconv"]
+    parse_subsets(subsets, manifest["channels"])  # bad letters fail before any data is read
+    model = model_from_checkpoint(ckpt, checkpoint, expect_model)
+    dev = resolve_device(device)
+    source = build_source(Path(data), image_size=manifest["image_size"], batch_size=batch_size,
+                          num_workers=num_workers, train=False, strict=strict)
+    check_classes(source, manifest["model_kwargs"]["num_classes"], manifest.get("classes"), f"data {data}")
+    report = evaluate_model(model.to(dev), manifest, source, subsets, dev)
+    report["checkpoint"] = str(checkpoint)
+    return report

@@ -1,0 +1,100 @@
+"""MLflow tracking adapter: a trainer :class:`Hook` that logs params, per-epoch metrics, per-subset results
+and artifacts. Only this module (and other ``launch/`` code) imports mlflow."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dynconv.errors import DynconvError
+from dynconv.fileio import atomic_write_text
+from dynconv.train import Hook
+
+RUN_FILE = "mlflow_run.json"  # in run.dir: lets a resumed run keep logging to the same MLflow run
+
+
+def default_tracking_uri(run_dir: str | Path) -> str:
+    """``sqlite:///<parent of run.dir>/mlruns.db``: a local store, no server needed."""
+    return f"sqlite:///{Path(run_dir).resolve().parent / 'mlruns.db'}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    if "://" not in uri and not uri.startswith("file:"):
+        raise DynconvError(f"tracking.uri {uri!r} is not a URI: use sqlite:///path/mlruns.db, file:///dir or http://host:port")
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the working directory
+        artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+class MlflowTracker(Hook):
+    """Owns one MLflow run. ``resume=True`` continues the run recorded in ``run_dir`` if there is one."""
+
+    def __init__(self, uri: str, experiment: str, run_dir: Path, run_name: str | None = None,
+                 params: dict | None = None, tags: dict | None = None, resume: bool = False):
+        from mlflow.entities import Param
+
+        self.uri, self.run_dir = uri, Path(run_dir)
+        try:
+            self.client = _client(uri)
+            previous = self._recorded_run() if resume else None
+            if previous:
+                self.run_id = previous
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                exp_id = _experiment_id(self.client, experiment, uri)
+                run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+                self.run_id = run.info.run_id
+                if params:
+                    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+                    for i in range(0, len(items), 100):
+                        self.client.log_batch(self.run_id, params=items[i:i + 100])
+        except DynconvError:
+            raise
+        except Exception as e:  # MLflow raises many types for a bad URI or an unreachable store
+            raise DynconvError(f"cannot open MLflow store {uri!r}: {str(e).splitlines()[0][:160]}") from None
+        atomic_write_text(self.run_dir / RUN_FILE, json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
+
+    def _recorded_run(self) -> str | None:
+        f = self.run_dir / RUN_FILE
+        if not f.exists():
+            return None
+        info = json.loads(f.read_text())
+        return info["run_id"] if info.get("tracking_uri") == self.uri else None
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=epoch)
+
+    def on_fit_end(self, final_checkpoint: Path) -> None:
+        self.log_artifact(final_checkpoint, "checkpoints")
+
+    def log_evaluation(self, results: dict[str, dict[str, float]], summary: dict[str, float],
+                       files: list[Path]) -> None:
+        """Per-subset metrics as ``acc_RGB``, ``f1_RG``, ``macs_B``, ... plus the report files."""
+        names = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1",
+                 "f1_macro": "f1_macro", "macs": "macs"}
+        flat = {f"{names[k]}_{subset}": v for subset, row in results.items() for k, v in row.items()}
+        self.log_metrics({**flat, **summary})
+        for f in files:
+            self.log_artifact(f)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

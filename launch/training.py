@@ -1,0 +1,129 @@
+"""`dynconv train`: config -> data, model, optimiser -> fit -> per-subset evaluation -> MLflow."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynconv.channel_select import is_channel_adaptive
+from dynconv.channels import parse_subsets, validate_channels
+from dynconv.data import AugmentParams, BatchTransform, build_source, default_stats
+from dynconv.dropout import ChannelDropout
+from dynconv.errors import DynconvError
+from dynconv.fileio import atomic_write_text
+from dynconv.models import create_model
+from dynconv.train import FitSpec, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
+from dynconv.train.checkpoint import make_manifest
+
+from .config import Config, dump_yaml, flatten
+from .evaluation import check_classes, evaluate_model, resolve_device
+from .report import write_reports
+from .tracking import MlflowTracker, default_tracking_uri
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _stats(cfg: Config) -> tuple[list[float], list[float]]:
+    mean, std = default_stats(cfg.data.channels)
+    mean, std = cfg.data.mean or mean, cfg.data.std or std
+    if len(mean) != len(cfg.data.channels) or len(std) != len(cfg.data.channels):
+        raise DynconvError(f"data.mean and data.std need one value per channel of {cfg.data.channels!r}")
+    return list(mean), list(std)
+
+
+def _resume_checkpoint(cfg: Config, run_dir: Path) -> dict | None:
+    resume = cfg.train.resume
+    if resume is None:
+        if any((run_dir / "checkpoints").glob("epoch_*.pt")) or (run_dir / "model.pt").exists():
+            raise DynconvError(f"run.dir {run_dir} already holds a run: pass train.resume=auto to continue it, "
+                               "or choose another run.dir")
+        return None
+    path = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt["dynconv"]["model"] != cfg.model.name:
+        raise DynconvError(f"cannot resume: {path} holds a {ckpt['dynconv']['model']} model, config asks for "
+                           f"{cfg.model.name}")
+    if "optimizer" not in ckpt:
+        raise DynconvError(f"cannot resume from {path}: it holds final weights only; resume from run.dir/checkpoints")
+    return ckpt
+
+
+def run_training(cfg: Config, log=print) -> dict:
+    """Train, evaluate every configured subset, log everything; returns a summary dict."""
+    for key in ("train", "val"):
+        if getattr(cfg.data, key) is None:
+            raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
+    channels = validate_channels(cfg.data.channels)
+    parse_subsets(cfg.eval.subsets, channels)  # bad letters fail before any work starts
+    mean, std = _stats(cfg)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+
+    d = cfg.data
+    train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size,
+                             num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
+                             strict=d.strict)
+    val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
+                           num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict)
+    check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
+    check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
+
+    model_kwargs = {"num_classes": cfg.model.num_classes, "in_chans": len(channels)}
+    model = create_model(cfg.model.name, **model_kwargs).to(device)
+    if cfg.dropout.kind != "none" and not is_channel_adaptive(model):
+        raise DynconvError(f"dropout.kind={cfg.dropout.kind} needs a channel-adaptive model (dynamic_*); "
+                           f"use dropout.kind=none with {cfg.model.name}")
+    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
+    scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs)
+
+    run_dir = Path(cfg.run.dir)
+    ckpt = _resume_checkpoint(cfg, run_dir)
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = int(ckpt["epoch"])
+        log(f"resuming from epoch {start_epoch}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+
+    tracker = None
+    if cfg.tracking.enabled:
+        uri = cfg.tracking.uri or default_tracking_uri(run_dir)
+        tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
+                                params=flatten(cfg), tags={"dynconv.model": cfg.model.name},
+                                resume=ckpt is not None)
+        log(f"MLflow run {tracker.run_id} ({uri})")
+
+    manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
+    augment = AugmentParams(**d.augment.model_dump(exclude={"enabled"})) if d.augment.enabled else None
+    spec = FitSpec(
+        epochs=cfg.train.epochs, device=device,
+        train_transform=BatchTransform(mean, std, device, augment, seed=cfg.train.seed),
+        eval_transform=BatchTransform(mean, std, device),
+        dropout=ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed),
+        run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
+        keep_checkpoints=cfg.train.keep_checkpoints, hooks=[tracker] if tracker else [], log=log)
+    try:
+        final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch)
+        report = evaluate_model(model, manifest, val_src, cfg.eval.subsets, device)
+        report["checkpoint"] = str(final)
+        files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")
+        if tracker:
+            tracker.log_evaluation(report["subsets"], report["summary"], files + [config_file])
+            tracker.finish("FINISHED")
+    except BaseException as e:
+        if tracker:
+            tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
+        raise
+    return {"run_dir": str(run_dir), "checkpoint": str(final), "report": report,
+            "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}

@@ -1,0 +1,158 @@
+"""End to end through the `dynconv` CLI: train -> per-subset evaluation -> MLflow, and its error paths."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+SUBSETS = ["RGB", "RG", "RB", "GB", "R", "G", "B"]
+CONFIG = Path(__file__).parents[1] / "launch" / "configs" / "demo.yaml"
+
+
+def _train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--config", CONFIG, f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
+            "model.num_classes=4", "data.image_size=32", "train.epochs=15", "train.batch_size=32",
+            "train.lr=0.01", f"run.dir={run_dir}", "data.num_workers=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """One tiny training run through the CLI, shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    assert run_cli(*_train_args(tiny_data, run_dir)) == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_train_writes_checkpoints_and_reports(trained):
+    assert (trained / "model.pt").is_file() and (trained / "config.yaml").is_file()
+    assert sorted(p.name for p in (trained / "checkpoints").glob("*.pt")) == ["epoch_0014.pt", "epoch_0015.pt"]
+    report = json.loads((trained / "eval.json").read_text())
+    assert list(report["subsets"]) == SUBSETS
+    assert report["model"] == "dynamic_resnet18" and report["image_size"] == 32
+    for row in report["subsets"].values():
+        assert set(row) == {"accuracy", "precision", "recall", "f1", "f1_macro", "macs"}
+    macs = {s: report["subsets"][s]["macs"] for s in SUBSETS}
+    # dropping an input channel removes exactly 64·49·16·16 MACs of the 7×7 stride-2 stem at 32 px
+    assert macs["RGB"] - macs["RG"] == macs["RG"] - macs["R"] == 64 * 49 * 16 * 16
+    assert report["subsets"]["RGB"]["accuracy"] > 0.45, report["subsets"]["RGB"]  # chance is 0.25
+    assert "| Accuracy |" in (trained / "eval.md").read_text()
+
+
+@pytest.mark.slow
+def test_mlflow_run_has_params_metrics_artifacts(trained):
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((trained / "mlflow_run.json").read_text())
+    assert info["tracking_uri"] == f"sqlite:///{trained.parent / 'mlruns.db'}"
+    client = MlflowClient(info["tracking_uri"])
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    p, m = run.data.params, run.data.metrics
+    assert p["model.name"] == "dynamic_resnet18" and p["train.epochs"] == "15" and p["data.image_size"] == "32"
+    for s in SUBSETS:
+        for k in ("acc", "precision", "recall", "f1", "f1_macro", "macs"):
+            assert f"{k}_{s}" in m
+    report = json.loads((trained / "eval.json").read_text())
+    assert m["acc_RGB"] == pytest.approx(report["subsets"]["RGB"]["accuracy"])
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(h.step for h in history) == list(range(1, 16))
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 15
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"eval.json", "eval.md", "config.yaml", "checkpoints"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/model.pt"]
+
+
+@pytest.mark.slow
+def test_eval_cli_matches_training_report(trained, tiny_data, tmp_path):
+    out = tmp_path / "eval.json"
+    assert run_cli("eval", trained / "model.pt", "--data", tiny_data / "val", "--subsets", "RGB,R,GB",
+                   "--json", out) == 0
+    report = json.loads(out.read_text())
+    assert list(report["subsets"]) == ["RGB", "R", "GB"]
+    trained_report = json.loads((trained / "eval.json").read_text())
+    # the folder path decodes with PIL, the .beton path with FFCV: same images, near-identical scores
+    for s in ("RGB", "R", "GB"):
+        assert abs(report["subsets"][s]["accuracy"] - trained_report["subsets"][s]["accuracy"]) <= 0.1
+        assert report["subsets"][s]["macs"] == trained_report["subsets"][s]["macs"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_to_clobber_and_continues(tiny_data, tmp_path, capsys):
+    run_dir = tmp_path / "resumed"
+    assert run_cli(*_train_args(tiny_data, run_dir, "train.epochs=2")) == 0
+    assert run_cli(*_train_args(tiny_data, run_dir, "train.epochs=2")) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # resume=auto from the newest epoch checkpoint with more epochs: continues at epoch 3, same MLflow run
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert run_cli(*_train_args(tiny_data, run_dir, "train.resume=auto", "train.epochs=3")) == 0
+    assert json.loads((run_dir / "mlflow_run.json").read_text())["run_id"] == run_id
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert sorted(h.step for h in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+# ---- bad input: one line on stderr, exit status 2, no traceback, nothing written ---------------------
+
+def _cli(*argv, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in lines if ln.startswith("dynconv: error:")]
+    assert len(errors) == 1 and fragment in errors[0], proc.stderr
+
+
+def test_error_missing_data_path(tmp_path):
+    proc = _cli(*_train_args(tmp_path / "nowhere", tmp_path / "run"))
+    _assert_one_line_error(proc, "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_error_unknown_config_key_and_type(tmp_path, tiny_data):
+    _assert_one_line_error(_cli(*_train_args(tiny_data, tmp_path / "r", "train.epoch=3")),
+                           "unknown config key 'train.epoch': did you mean 'train.epochs'?")
+    _assert_one_line_error(_cli(*_train_args(tiny_data, tmp_path / "r", "train.lr=fast")), "'train.lr'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_error_unknown_subset_letter(trained, tiny_data, tmp_path):
+    out = tmp_path / "e.json"
+    _assert_one_line_error(_cli("eval", trained / "model.pt", "--data", tiny_data / "val", "--subsets", "RGX",
+                                "--json", out), "unknown channel letter(s) 'X'")
+    assert not out.exists()
+
+
+def test_error_checkpoint_of_another_model(trained, tiny_data, tmp_path):
+    _assert_one_line_error(_cli("eval", trained / "model.pt", "--data", tiny_data / "val", "--model", "resnet34"),
+                           "holds a dynamic_resnet18 model, not resnet34")
+    import torch
+    from torchvision.models import resnet18
+
+    plain = tmp_path / "plain.pt"
+    torch.save(resnet18().state_dict(), plain)
+    _assert_one_line_error(_cli("eval", plain, "--data", tiny_data / "val"), "not a dynconv checkpoint")
+
+
+def test_error_empty_class_folder_and_strict(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "val"
+    shutil.copytree(tiny_data / "val", root)
+    (next(root.iterdir()) / "junk.jpg").write_bytes(b"garbage")
+    _assert_one_line_error(_cli("convert", root, tmp_path / "x.beton", "--strict"), "junk.jpg is not an image")
+    assert list(tmp_path.glob("*.beton")) == [] and list(tmp_path.glob(".*tmp")) == []
+    proc = _cli("convert", root, tmp_path / "x.beton", "--workers", "1")
+    assert proc.returncode == 0 and "1 skipped" in proc.stdout and "skipped 1 unreadable" in proc.stderr
+    (root / "zz_empty").mkdir()
+    _assert_one_line_error(_cli("convert", root, tmp_path / "y.beton"), "has no readable images")
+    assert not (tmp_path / "y.beton").exists()

@@ -1,0 +1,143 @@
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynconv.data import AugmentParams, build_source, scan_image_folder
+from dynconv.data.augment import apply, sample, warp
+from dynconv.data.synth import class_names, write_dataset
+from dynconv.errors import DynconvError
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.jpg"))}
+
+
+def test_synth_is_byte_identical_for_a_seed(tmp_path):
+    a = write_dataset(tmp_path / "a", num_classes=3, train_per_class=4, val_per_class=2, size=24, seed=5)
+    b = write_dataset(tmp_path / "b", num_classes=3, train_per_class=4, val_per_class=2, size=24, seed=5)
+    c = write_dataset(tmp_path / "c", num_classes=3, train_per_class=4, val_per_class=2, size=24, seed=6)
+    da, db, dc = _digest(a), _digest(b), _digest(c)
+    assert len(da) == 3 * 6 and da == db
+    assert da.keys() == dc.keys() and da != dc
+    assert sorted(p.name for p in (a / "train").iterdir()) == class_names(3)
+
+
+def test_synth_refuses_to_overwrite(tmp_path):
+    write_dataset(tmp_path / "d", num_classes=2, train_per_class=1, val_per_class=1, size=16)
+    with pytest.raises(DynconvError, match="--overwrite"):
+        write_dataset(tmp_path / "d", num_classes=2, train_per_class=1, val_per_class=1, size=16)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary folder left behind
+
+
+def test_synth_classes_differ_in_colour_channel_by_channel():
+    """Palettes 0 and 1 must differ in every channel (so single channels keep some colour information)."""
+    from dynconv.data.synth import palette
+
+    warm, cool = np.array(palette(0)[1]), np.array(palette(1)[1])
+    assert (abs(warm - cool) > 0.1).all()
+
+
+def test_ffcv_round_trip_matches_folder(tiny_data):
+    folder = build_source(tiny_data / "val", image_size=32, batch_size=16, num_workers=0)
+    beton = build_source(tiny_data / "val.beton", image_size=32, batch_size=16, num_workers=1)
+    assert (folder.backend, beton.backend) == ("torchvision", "ffcv")
+    assert folder.num_samples == beton.num_samples == 64
+    assert beton.classes == folder.classes
+    fx, fy = map(torch.cat, zip(*folder.epoch(0)))
+    bx, by = map(torch.cat, zip(*beton.epoch(0)))
+    assert fx.shape == bx.shape == (64, 3, 32, 32) and fx.dtype == bx.dtype == torch.uint8
+    assert torch.equal(fy, by)  # sequential order: same labels in the same order
+    # FFCV re-encodes as JPEG: pixels agree closely, not exactly
+    assert (fx.float() - bx.float()).abs().mean() < 6
+
+
+def test_beton_resized_on_load(tiny_data):
+    src = build_source(tiny_data / "val.beton", image_size=20, batch_size=8, num_workers=1)
+    x, y = next(iter(src.epoch(0)))
+    assert x.shape == (8, 3, 20, 20) and y.dtype == torch.int64
+
+
+def test_train_shuffle_depends_on_seed_and_epoch(tiny_data):
+    def labels(seed, epoch):
+        src = build_source(tiny_data / "train", image_size=32, batch_size=160, num_workers=0, train=True, seed=seed)
+        return torch.cat([y for _, y in src.epoch(epoch)])
+
+    assert torch.equal(labels(0, 1), labels(0, 1))
+    assert not torch.equal(labels(0, 1), labels(0, 2))
+
+
+def test_flips_are_exact():
+    x = torch.rand(3, 3, 9, 10)
+    g = torch.Generator().manual_seed(0)
+    h = apply(x, sample(3, AugmentParams(hflip=1, vflip=0, rotation=0, perspective=0), g))
+    v = apply(x, sample(3, AugmentParams(hflip=0, vflip=1, rotation=0, perspective=0), g))
+    assert torch.equal(h, x.flip(-1)) and torch.equal(v, x.flip(-2))
+    half = sample(400, AugmentParams(hflip=0.5, vflip=0, rotation=0, perspective=0), g)
+    assert 150 < int(half.hflip.sum()) < 250 and not half.vflip.any() and half.maps is None
+
+
+def test_identity_map_resamples_exactly_enough():
+    x = torch.rand(2, 3, 9, 10)
+    torch.testing.assert_close(warp(x, torch.eye(3, dtype=torch.float64).expand(2, 3, 3)), x)
+
+
+def test_rotation_moves_a_marker():
+    x = torch.zeros(1, 1, 21, 21)
+    x[0, 0, 10, 18] = 1  # a marker right of centre
+    m = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)  # 90°
+    y = warp(x, m)
+    r, c = divmod(int(y.flatten().argmax()), 21)
+    assert (r, c) in {(2, 10), (18, 10)} and y.max() > 0.99
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+def _copy_val(tiny_data, tmp_path) -> Path:
+    root = tmp_path / "val"
+    shutil.copytree(tiny_data / "val", root)
+    return root
+
+
+def test_missing_path_is_an_error(tmp_path):
+    with pytest.raises(DynconvError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+
+
+def test_empty_class_folder_is_an_error(tiny_data, tmp_path):
+    root = _copy_val(tiny_data, tmp_path)
+    (root / "zz_empty").mkdir()
+    with pytest.raises(DynconvError, match="zz_empty has no readable images"):
+        scan_image_folder(root)
+
+
+def test_corrupt_and_non_image_files_are_skipped_or_strict(tiny_data, tmp_path):
+    root = _copy_val(tiny_data, tmp_path)
+    cls = sorted(root.iterdir())[0]
+    (cls / "notes.txt").write_text("not an image")
+    good = sorted(cls.glob("*.jpg"))[0]
+    (cls / "broken.jpg").write_bytes(good.read_bytes()[:100])
+    (cls / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipped 3 unreadable"):
+        index = scan_image_folder(root)
+    assert len(index.samples) == 64 and len(index.skipped) == 3
+    with pytest.raises(DynconvError, match="--strict"):
+        scan_image_folder(root, strict=True)
+
+
+def test_beton_of_another_schema_is_an_error(tmp_path):
+    from ffcv.fields import FloatField, IntField
+    from ffcv.writer import DatasetWriter
+
+    path = tmp_path / "other.beton"
+    DatasetWriter(str(path), {"x": FloatField(), "y": IntField()}, num_workers=1).from_indexed_dataset(
+        [(float(i), i) for i in range(4)])
+    with pytest.raises(DynconvError, match="expected"):
+        build_source(path, image_size=8, batch_size=2)
+    (tmp_path / "junk.beton").write_bytes(b"\0" * 64)
+    with pytest.raises(DynconvError, match="not a readable FFCV"):
+        build_source(tmp_path / "junk.beton", image_size=8, batch_size=2)
