@@ -5,12 +5,11 @@ import torch
 from torch import nn
 
 from .channels import Subset
-from .layers import DynamicConv2D
 
 
 def is_channel_adaptive(model: nn.Module) -> bool:
-    """True when the model's first layer accepts a varying number of input channels."""
-    return any(isinstance(m, DynamicConv2D) for m in model.modules())
+    """True when the model's first layer accepts a varying set of input channels."""
+    return bool(getattr(model, "channel_adaptive", False))
 
 
 def select_channels(x: torch.Tensor, subset: Subset, adaptive: bool) -> torch.Tensor:
@@ -26,3 +25,10 @@ def select_channels(x: torch.Tensor, subset: Subset, adaptive: bool) -> torch.Te
     mask = torch.zeros(1, x.shape[1], 1, 1, device=x.device, dtype=x.dtype)
     mask[:, list(subset)] = 1
     return x * mask
+
+
+def forward_subset(model: nn.Module, x: torch.Tensor, subset: Subset) -> torch.Tensor:
+    """Logits of ``model`` for the normalised full-channel batch ``x`` restricted to ``subset``."""
+    if is_channel_adaptive(model):
+        return model(select_channels(x, subset, True), channels=subset)
+    return model(select_channels(x, subset, False))

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from torch import nn
 
-from .channel_select import is_channel_adaptive, select_channels
+from .channel_select import forward_subset
 from .channels import Subset, subset_name
 from .flops import count_macs
 
@@ -29,13 +29,12 @@ def predict_subsets(model: nn.Module, batches: Iterable, transform: Callable, su
                     device: torch.device) -> tuple[np.ndarray, dict[Subset, np.ndarray]]:
     """One pass over the data; every batch is scored under every subset."""
     model.eval()
-    adaptive = is_channel_adaptive(model)
     labels, preds = [], {s: [] for s in subsets}
     for images, y in batches:
         x = transform(images)
         labels.append(y.numpy())
         for s in subsets:
-            preds[s].append(model(select_channels(x, s, adaptive)).argmax(1).cpu().numpy())
+            preds[s].append(forward_subset(model, x, s).argmax(1).cpu().numpy())
     return np.concatenate(labels), {s: np.concatenate(p) for s, p in preds.items()}
 
 
@@ -43,11 +42,10 @@ def evaluate_subsets(model: nn.Module, batches: Iterable, transform: Callable, s
                      channels: str, image_size: int, device: torch.device) -> dict[str, dict[str, float]]:
     """``{"RGB": {"accuracy", "precision", "recall", "f1", "f1_macro", "macs"}, ...}``."""
     y, preds = predict_subsets(model, batches, transform, subsets, device)
-    adaptive = is_channel_adaptive(model)
     out = {}
     for s in subsets:
         row = classification_metrics(y, preds[s])
-        row["macs"] = count_macs(model, len(s) if adaptive else len(channels), image_size)
+        row["macs"] = count_macs(model, len(channels), image_size, s)
         out[subset_name(s, channels)] = row
     return out
 

@@ -116,6 +116,37 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flops(a: argparse.Namespace) -> int:
+    from dynconv.channels import parse_subset, validate_channels
+    from dynconv.flops import count_macs, count_params
+    from dynconv.models import create_model
+
+    all_channels = validate_channels(a.dataset_channels)
+    subset = parse_subset(a.channels or all_channels, all_channels)
+    model = create_model(a.model, num_classes=a.classes, in_chans=len(all_channels), stem_mode=a.stem_mode,
+                         stem=a.stem)
+    macs = count_macs(model, len(all_channels), a.size, subset)
+    name = "".join(all_channels[i] for i in subset)
+    print(f"{a.model} at {a.size}x{a.size}, channels {name}, {a.classes} classes: "
+          f"{macs:,} MACs ({macs / 1e9:.3f} G), {count_params(model):,} parameters")
+    return 0
+
+
+def cmd_ablate(a: argparse.Namespace) -> int:
+    from .ablation import MODE_CHOICES, PRESET_CHOICES, parse_choices, run_ablation
+
+    modes = parse_choices(a.modes, MODE_CHOICES, "stem mode(s)")
+    presets = parse_choices(a.presets, PRESET_CHOICES, "stem preset(s)")
+    if a.seeds < 1:
+        raise DynconvError("--seeds must be at least 1 (2 or more to see the spread)")
+    result = run_ablation(a.config, a.overrides, Path(a.out), modes, presets, a.seeds, a.quick)
+    print(Path(result["files"][1]).read_text())
+    print("wrote " + ", ".join(result["files"]))
+    if result["run_id"]:
+        print(f"MLflow parent run id: {result['run_id']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynconv", description="Train and evaluate channel-adaptive CNNs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--model", default=None, help="fail unless the checkpoint holds this model")
     e.set_defaults(func=cmd_eval)
+
+    f = sub.add_parser("flops", help="count MACs and parameters of a model for one input")
+    f.add_argument("model")
+    f.add_argument("--size", type=int, default=96)
+    f.add_argument("--channels", default=None, help="present channels, e.g. RG (default: all)")
+    f.add_argument("--dataset-channels", default="RGB", help="the dataset's channel names (default RGB)")
+    f.add_argument("--stem-mode", default=None, help="prefix, slice, template_mixing, hypernet or depthwise")
+    f.add_argument("--stem", default=None, help="stem preset: torchvision or study")
+    f.add_argument("--classes", type=int, default=50)
+    f.set_defaults(func=cmd_flops)
+
+    ab = sub.add_parser("ablate", help="train plain vs each stem mode x stem preset over seeds; table + plot")
+    ab.add_argument("--config", required=True)
+    ab.add_argument("--out", required=True, help="folder for runs, ablation.{json,md,png}")
+    ab.add_argument("--modes", default="prefix,slice,template_mixing,hypernet,depthwise")
+    ab.add_argument("--presets", default="torchvision,study")
+    ab.add_argument("--seeds", type=int, default=2)
+    ab.add_argument("--quick", action="store_true", help="CPU size: at most 3 epochs at 32 px")
+    ab.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    ab.set_defaults(func=cmd_ablate)
 
     d = sub.add_parser("demo", help="synthesise data, convert to FFCV, train, evaluate, log to MLflow")
     d.add_argument("--out", default="demo-out")

@@ -42,6 +42,10 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     name: str = "dynamic_resnet18"
     num_classes: int = Field(10, ge=2)
+    # None = the model's own default (dynamic_* models: prefix stem; torchvision stem preset)
+    stem_mode: Literal["prefix", "slice", "template_mixing", "hypernet", "depthwise"] | None = None
+    stem: Literal["torchvision", "study"] | None = None
+    stem_rescale: bool | None = None
 
 
 class TrainConfig(_Section):

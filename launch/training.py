@@ -56,7 +56,7 @@ def _resume_checkpoint(cfg: Config, run_dir: Path) -> dict | None:
     return ckpt
 
 
-def run_training(cfg: Config, log=print) -> dict:
+def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
     """Train, evaluate every configured subset, log everything; returns a summary dict."""
     for key in ("train", "val"):
         if getattr(cfg.data, key) is None:
@@ -76,7 +76,8 @@ def run_training(cfg: Config, log=print) -> dict:
     check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
     check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
 
-    model_kwargs = {"num_classes": cfg.model.num_classes, "in_chans": len(channels)}
+    model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude={"name"}).items() if v is not None}
+    model_kwargs["in_chans"] = len(channels)
     model = create_model(cfg.model.name, **model_kwargs).to(device)
     if cfg.dropout.kind != "none" and not is_channel_adaptive(model):
         raise DynconvError(f"dropout.kind={cfg.dropout.kind} needs a channel-adaptive model (dynamic_*); "
@@ -100,7 +101,7 @@ def run_training(cfg: Config, log=print) -> dict:
     if cfg.tracking.enabled:
         uri = cfg.tracking.uri or default_tracking_uri(run_dir)
         tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
-                                params=flatten(cfg), tags={"dynconv.model": cfg.model.name},
+                                params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **(tags or {})},
                                 resume=ckpt is not None)
         log(f"MLflow run {tracker.run_id} ({uri})")
 

@@ -1,4 +1,7 @@
-"""Channel-adaptive layers."""
-from .dynamic_conv import DynamicConv2D
+"""Channel-adaptive first layers and the stem factory."""
+from .dynamic_conv import STEM_MODES, DynamicConv2D
+from .generated_conv import DepthwiseStemConv2d, HyperNetConv2d, TemplateMixingConv2d
+from .stems import STEM_PRESETS, create_stem
 
-__all__ = ["DynamicConv2D"]
+__all__ = ["STEM_MODES", "STEM_PRESETS", "DepthwiseStemConv2d", "DynamicConv2D", "HyperNetConv2d",
+           "TemplateMixingConv2d", "create_stem"]

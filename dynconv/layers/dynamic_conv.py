@@ -1,26 +1,61 @@
-"""``DynamicConv2D``: a convolution that accepts any number of input channels up to ``in_channels``."""
+"""``DynamicConv2D``: a convolution that accepts any subset of its ``in_channels`` input channels."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
 
+STEM_MODES = ("prefix", "slice", "template_mixing", "hypernet", "depthwise")
+
+
+def present_channels(x: torch.Tensor, channels: Sequence[int] | None, c_max: int, mode: str) -> list[int]:
+    """Indices (into the layer's ``c_max`` channels) of the channels in ``x``.
+
+    ``prefix`` ignores channel identity (the study: the first ``c_in`` weight columns); every other mode
+    uses ``channels`` when given, else assumes the first ``c_in`` channels are present.
+    """
+    c_in = x.shape[1]
+    if not 0 < c_in <= c_max:
+        raise ValueError(f"{mode} stem got {c_in} input channels; it accepts 1..{c_max}")
+    if mode == "prefix" or channels is None:
+        return list(range(c_in))
+    ids = list(channels)
+    if len(ids) != c_in or len(set(ids)) != c_in or not all(0 <= i < c_max for i in ids):
+        raise ValueError(f"channel ids {ids} do not describe the {c_in} input channels (of {c_max})")
+    return ids
+
 
 class DynamicConv2D(nn.Conv2d):
-    """Conv2d whose weight holds ``C_max = in_channels`` input channels and whose forward uses only
-    the channels present, with the original study's *prefix* semantics:
+    """Conv2d whose weight ``W`` holds ``C = in_channels`` input channels; forward uses only those present.
 
-        y = conv(x, W[:, :c_in]) + b,   c_in = x.shape[1] <= C_max   (no rescaling)
+    * ``mode="prefix"`` (the original study): ``y = conv(x, W[:, :c]) + b`` for a ``c``-channel input —
+      a G-only image uses R's filters.
+    * ``mode="slice"``: the caller names the present channels ``S`` (``forward(x, channels=S)``) and
+      ``y = s · conv(x, W[:, S]) + b`` with ``s = C / |S|`` when ``rescale`` else 1, so activations keep
+      their scale as channels disappear.
 
-    so a 1-channel input always uses the first channel's filters, whichever channel it came from.
-    Weight slices of absent channels take no part in the forward pass and receive no gradient.
-    It subclasses ``nn.Conv2d`` and keeps the ``weight``/``bias`` keys, so plain conv checkpoints load.
+    Absent channels' weight slices take no part in the forward pass and receive no gradient.
+    Subclasses ``nn.Conv2d`` and keeps its ``weight``/``bias`` keys, so plain conv checkpoints load.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c_in = x.shape[1]
-        if not 0 < c_in <= self.in_channels:
-            raise ValueError(
-                f"DynamicConv2D got {c_in} input channels; it accepts 1..{self.in_channels}"
-            )
-        weight = self.weight if c_in == self.in_channels else self.weight[:, :c_in]
+    def __init__(self, *args, mode: str = "prefix", rescale: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if mode not in ("prefix", "slice"):
+            raise ValueError(f"DynamicConv2D mode must be prefix or slice, not {mode!r}")
+        self.mode, self.rescale = mode, rescale
+
+    def forward(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
+        ids = present_channels(x, channels, self.in_channels, self.mode)
+        if ids == list(range(self.in_channels)):
+            weight = self.weight
+        elif ids == list(range(len(ids))):
+            weight = self.weight[:, : len(ids)]
+        else:
+            weight = self.weight[:, ids]
+        if self.rescale and len(ids) != self.in_channels:
+            weight = weight * (self.in_channels / len(ids))
         return self._conv_forward(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.mode}, rescale={self.rescale}"

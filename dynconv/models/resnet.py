@@ -1,40 +1,56 @@
-"""ResNets from torchvision, optionally with a channel-adaptive first convolution."""
+"""ResNet18/34 from torchvision, with a plain or channel-adaptive stem and a choice of stem preset."""
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..layers import DynamicConv2D
+from ..layers import create_stem
+from .base import SubsetModel
 from .registry import register_model
 
 
-def _resnet(arch: str, num_classes: int, in_chans: int, dynamic: bool) -> nn.Module:
-    model = getattr(tvm, arch)(weights=None, num_classes=num_classes)
-    if dynamic or in_chans != 3:
-        cls = DynamicConv2D if dynamic else nn.Conv2d
-        old = model.conv1
-        model.conv1 = cls(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding,
-                          bias=old.bias is not None)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return model
+class ResNet(SubsetModel):
+    """torchvision's ResNet with ``conv1`` from :func:`create_stem`. Parameter names match torchvision's,
+    so a plain-stem ``resnet18`` loads torchvision weights and vice versa."""
+
+    def __init__(self, arch: str, num_classes: int, in_chans: int, stem_mode: str | None, stem: str,
+                 stem_rescale: bool):
+        super().__init__()
+        tv = getattr(tvm, arch)(weights=None, num_classes=num_classes)
+        self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale)
+        for name in ("bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
+            setattr(self, name, getattr(tv, name))
+        self.channel_adaptive = stem_mode is not None
+
+    def forward_features(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.stem_forward(self.conv1, x, channels))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(features), 1))
 
 
 @register_model
-def resnet18(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    return _resnet("resnet18", num_classes, in_chans, dynamic=False)
+def resnet18(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision") -> nn.Module:
+    return ResNet("resnet18", num_classes, in_chans, None, stem, False)
 
 
 @register_model
-def resnet34(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    return _resnet("resnet34", num_classes, in_chans, dynamic=False)
+def resnet34(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision") -> nn.Module:
+    return ResNet("resnet34", num_classes, in_chans, None, stem, False)
 
 
 @register_model
-def dynamic_resnet18(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    """ResNet18 whose first conv is a :class:`DynamicConv2D` (accepts 1..in_chans channels)."""
-    return _resnet("resnet18", num_classes, in_chans, dynamic=True)
+def dynamic_resnet18(num_classes: int = 1000, in_chans: int = 3, stem_mode: str = "prefix",
+                     stem: str = "torchvision", stem_rescale: bool = False) -> nn.Module:
+    """ResNet18 whose first conv accepts any non-empty subset of the ``in_chans`` channels."""
+    return ResNet("resnet18", num_classes, in_chans, stem_mode, stem, stem_rescale)
 
 
 @register_model
-def dynamic_resnet34(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    return _resnet("resnet34", num_classes, in_chans, dynamic=True)
+def dynamic_resnet34(num_classes: int = 1000, in_chans: int = 3, stem_mode: str = "prefix",
+                     stem: str = "torchvision", stem_rescale: bool = False) -> nn.Module:
+    return ResNet("resnet34", num_classes, in_chans, stem_mode, stem, stem_rescale)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..channel_select import is_channel_adaptive, select_channels
+from ..channel_select import forward_subset
 from ..data.loaders import DataSource
 from ..dropout import ChannelDropout
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
@@ -37,16 +37,15 @@ class FitSpec:
 
 def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSpec, epoch: int) -> dict[str, float]:
     model.train()
-    adaptive = is_channel_adaptive(model)
     loss_sum = torch.zeros((), device=spec.device)
     correct = torch.zeros((), device=spec.device, dtype=torch.long)
     seen = 0
     bar = tqdm(source.epoch(epoch), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
                disable=None, unit="batch")
     for step, (images, labels) in enumerate(bar):
-        x = select_channels(spec.train_transform(images, epoch, step), spec.dropout(epoch, step), adaptive)
+        x = spec.train_transform(images, epoch, step)
         y = labels.to(spec.device, non_blocking=True)
-        logits = model(x)
+        logits = forward_subset(model, x, spec.dropout(epoch, step))
         loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,147 @@
+"""Stem modes, model families, and MACs that match the original study."""
+import pytest
+import torch
+from torch import nn
+
+from dynconv.channel_select import forward_subset
+from dynconv.channels import all_subsets
+from dynconv.flops import count_macs
+from dynconv.layers import STEM_MODES, DynamicConv2D, create_stem
+from dynconv.models import create_model
+
+MODES = list(STEM_MODES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("c_max", [3, 5])
+def test_stem_output_shape_for_every_subset(mode, c_max):
+    stem = create_stem(mode, c_max, 16, "torchvision")
+    for subset in all_subsets(c_max):
+        x = torch.randn(2, len(subset), 33, 40)
+        assert stem(x, subset).shape == (2, 16, 17, 20), (mode, subset)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_slice_with_all_channels_equals_plain_conv(rescale):
+    stem = create_stem("slice", 3, 8, "torchvision", rescale=rescale)
+    plain = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
+    plain.weight.data.copy_(stem.weight.data)
+    x = torch.randn(2, 3, 20, 20)
+    torch.testing.assert_close(stem(x, (0, 1, 2)), plain(x), rtol=0, atol=0)
+
+
+def test_slice_uses_the_named_channels_and_rescales():
+    stem = DynamicConv2D(3, 4, 3, padding=1, bias=False, mode="slice", rescale=True)
+    x = torch.randn(1, 1, 8, 8)
+    expected = 3 * torch.nn.functional.conv2d(x, stem.weight[:, [2]], padding=1)
+    torch.testing.assert_close(stem(x, (2,)), expected)
+    # prefix ignores identity: a B-only input uses R's filters
+    prefix = DynamicConv2D(3, 4, 3, padding=1, bias=False, mode="prefix")
+    torch.testing.assert_close(prefix(x, (2,)), torch.nn.functional.conv2d(x, prefix.weight[:, [0]], padding=1))
+
+
+@pytest.mark.parametrize("mode", ["prefix", "slice"])
+def test_absent_channels_get_no_gradient(mode):
+    stem = create_stem(mode, 3, 4, "torchvision")
+    stem(torch.randn(2, 1, 16, 16), (1,)).square().sum().backward()
+    used = 0 if mode == "prefix" else 1
+    g = stem.weight.grad.abs().sum(dim=(0, 2, 3))
+    assert g[used] > 0 and g.sum() == g[used]
+
+
+@pytest.mark.parametrize("mode", ["template_mixing", "hypernet", "depthwise"])
+def test_generated_stems_train_only_present_channel_parameters(mode):
+    stem = create_stem(mode, 3, 4, "torchvision")
+    stem(torch.randn(2, 2, 16, 16), (0, 2)).square().sum().backward()
+    per_channel = {"template_mixing": "mix", "hypernet": "embedding", "depthwise": "gain"}[mode]
+    g = getattr(stem, per_channel).grad.abs().sum(dim=1)
+    assert g[0] > 0 and g[2] > 0 and g[1] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_state_dict_round_trip_and_every_subset(mode, tmp_path):
+    torch.manual_seed(0)
+    a = create_model("dynamic_resnet18", num_classes=5, in_chans=3, stem_mode=mode).eval()
+    torch.save(a.state_dict(), tmp_path / "m.pt")
+    b = create_model("dynamic_resnet18", num_classes=5, in_chans=3, stem_mode=mode).eval()
+    b.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    x = torch.randn(2, 3, 32, 32)
+    for subset in all_subsets(3):
+        torch.testing.assert_close(forward_subset(a, x, subset), forward_subset(b, x, subset))
+        assert forward_subset(a, x, subset).shape == (2, 5)
+
+
+def test_five_channel_model_any_subset():
+    model = create_model("dynamic_resnet18", num_classes=4, in_chans=5, stem_mode="slice").eval()
+    x = torch.randn(1, 5, 40, 40)
+    for subset in [(0, 1, 2, 3, 4), (1, 3), (4,)]:
+        assert forward_subset(model, x, subset).shape == (1, 4)
+
+
+@pytest.mark.parametrize("size", [96, 224])
+def test_ran2_forward(size):
+    model = create_model("ran2", num_classes=50).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 50)
+    dyn = create_model("ran2", num_classes=50, stem_mode="slice").eval()
+    with torch.no_grad():
+        assert forward_subset(dyn, torch.randn(1, 3, size, size), (1,)).shape == (1, 50)
+
+
+# ---- MACs against the study's tables ----------------------------------------------------------------
+
+def _within(value, target, tol):
+    assert abs(value - target) / target <= tol, f"{value:,} vs {target:,} ({(value - target) / target:+.3%})"
+
+
+def test_macs_resnet18_and_resnet34():
+    _within(count_macs(create_model("resnet18", num_classes=50), 3, 96), 333_585_408, 0.005)
+    _within(count_macs(create_model("resnet34", num_classes=50), 3, 224), 3_667_013_632, 0.005)
+
+
+def test_macs_study_stem_and_per_channel_saving():
+    model = create_model("dynamic_resnet18", num_classes=50, stem="study")
+    rgb, rg, r = (count_macs(model, 3, 96, s) for s in [(0, 1, 2), (0, 1), (0,)])
+    _within(rgb, 1_274_698_880, 0.005)
+    assert rgb - rg == rg - r == 26_543_104 == 64 * 49 * 92 * 92
+
+
+def _norm_and_pool_elements(model: nn.Module, size: int) -> int:
+    """Elements through BatchNorm layers plus pooled outputs: what the study's counter added to conv/fc MACs."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.BatchNorm2d, nn.AdaptiveAvgPool2d))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_study_stem_reconstruction_is_exact():
+    """conv/fc MACs + BN and pooling elements reproduce the study's figures to the unit, for the plain
+    ResNet18 and for the 7×7 stride-1 padding-1 stem derived from its per-channel saving."""
+    plain = create_model("resnet18", num_classes=50)
+    assert count_macs(plain, 3, 96) + _norm_and_pool_elements(plain, 96) == 333_585_408
+    study = create_model("dynamic_resnet18", num_classes=50, stem="study")
+    assert count_macs(study, 3, 96) + _norm_and_pool_elements(study, 96) == 1_274_698_880
+
+
+def test_macs_ran2():
+    _within(count_macs(create_model("ran2", num_classes=50), 3, 224), 3_715_245_312, 0.05)
+
+
+def test_channels_last_and_compiled_forward():
+    model = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = forward_subset(model, x, (0, 2))
+        cl = forward_subset(model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last), (0, 2))
+        torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-4)
+        compiled = torch.compile(model)
+        torch.testing.assert_close(compiled(x[:, [0, 2]], channels=(0, 2)), ref, rtol=1e-4, atol=1e-4)
