@@ -29,6 +29,4 @@ def select_channels(x: torch.Tensor, subset: Subset, adaptive: bool) -> torch.Te
 
 def forward_subset(model: nn.Module, x: torch.Tensor, subset: Subset) -> torch.Tensor:
     """Logits of ``model`` for the normalised full-channel batch ``x`` restricted to ``subset``."""
-    if is_channel_adaptive(model):
-        return model(select_channels(x, subset, True), channels=subset)
-    return model(select_channels(x, subset, False))
+    return model(select_channels(x, subset, is_channel_adaptive(model)), channels=subset)

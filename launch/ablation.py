@@ -1,8 +1,9 @@
 """`dynconv ablate`: plain vs every channel-adaptive stem mode × stem preset, over several seeds.
 
 The study's dynamic ResNet18 changed two things at once (a channel-adaptive first conv *and* a stride-1
-stem), so its gain over the plain model mixes two effects. This trains the matrix with identical data,
-epochs and seeds and reports per-subset accuracy (mean ± std over seeds) against MACs.
+stem), so its gain over the plain model mixes two effects. This trains the matrix — the plain model (RGB
+only: the reference) and every stem mode × norm mode, per stem preset — with identical data, epochs and
+seeds, and reports per-subset accuracy (mean ± std over seeds) against MACs.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dynconv.fileio import atomic_write_text
-from dynconv.layers import STEM_MODES, STEM_PRESETS
+from dynconv.layers import NORM_MODES, STEM_MODES, STEM_PRESETS
 
 from .config import load_config
 from .tracking import MlflowTracker, default_tracking_uri
@@ -23,18 +24,20 @@ from .training import run_training
 @dataclass(frozen=True)
 class Variant:
     model: str
-    stem_mode: str | None  # None: the plain model (fixed input channels, trained on every channel)
+    stem_mode: str | None  # None: the plain model, trained on RGB only — the RGB-only reference
     stem: str
+    norm: str = "shared"
 
     @property
     def label(self) -> str:
-        return f"{self.stem_mode or 'plain'}/{self.stem}"
+        return f"{self.stem_mode or 'plain'}/{self.stem}/{self.norm}"
 
 
-def variants(model: str, modes: list[str], presets: list[str]) -> list[Variant]:
+def variants(model: str, modes: list[str], presets: list[str], norms: list[str] = ("shared",)) -> list[Variant]:
     plain = model.removeprefix("dynamic_")
     return [v for preset in presets
-            for v in [Variant(plain, None, preset)] + [Variant(f"dynamic_{plain}", m, preset) for m in modes]]
+            for v in [Variant(plain, None, preset)]
+            + [Variant(f"dynamic_{plain}", m, preset, n) for m in modes for n in norms]]
 
 
 def aggregate(results: dict[str, list[dict]]) -> list[dict]:
@@ -64,26 +67,33 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Per-subset accuracy vs MACs, one series per variant, error bars = std over seeds."""
+    """Left: per-subset accuracy grouped by variant (error bars = std over seeds).
+    Right: accuracy vs MACs, one marker per (variant, subset)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for r in rows:
-        subsets = list(r["accuracy_mean"])
-        x = [r["macs"][s] / 1e6 for s in subsets]
+    subsets = list(rows[0]["accuracy_mean"])
+    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(14, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(rows)
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    for j, r in enumerate(rows):
+        xs = np.arange(len(subsets)) + (j - (len(rows) - 1) / 2) * width
         y = [100 * r["accuracy_mean"][s] for s in subsets]
         e = [100 * r["accuracy_std"][s] for s in subsets]
-        ax.errorbar(x, y, yerr=e, marker="o", linestyle="", capsize=3, label=r["variant"])
-        for xi, yi, s in zip(x, y, subsets):
-            ax.annotate(s, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xlabel("MACs per image (millions)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Per-subset accuracy vs compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+        bars.bar(xs, y, width, yerr=e, capsize=2, label=r["variant"], color=colours(j))
+        scatter.errorbar([r["macs"][s] / 1e6 for s in subsets], y, yerr=e, marker="o", linestyle="",
+                         capsize=2, color=colours(j), alpha=0.8)
+    bars.set_xticks(np.arange(len(subsets)), subsets)
+    bars.set_ylabel("accuracy (%)")
+    bars.set_title("Accuracy per channel subset")
+    bars.set_ylim(0, 105)
+    bars.grid(axis="y", alpha=0.3)
+    bars.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    scatter.set_xlabel("MACs per image (millions)")
+    scatter.set_title("Accuracy vs compute (one marker per variant and subset)")
+    scatter.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
@@ -93,13 +103,13 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def run_ablation(config: str, overrides: list[str], out: Path, modes: list[str], presets: list[str],
-                 seeds: int, quick: bool, log=print) -> dict:
+                 seeds: int, quick: bool, norms: list[str] = ("shared",), log=print) -> dict:
     base = load_config(config, overrides)
-    matrix = variants(base.model.name, modes, presets)
+    matrix = variants(base.model.name, modes, presets, norms)
     quick_overrides = [f"train.epochs={min(base.train.epochs, 3)}", "data.image_size=32"] if quick else []
     uri = base.tracking.uri or default_tracking_uri(out / "runs" / "x")
     parent = MlflowTracker(uri, base.tracking.experiment, out, "ablation",
-                           params={"modes": ",".join(modes), "presets": ",".join(presets), "seeds": seeds,
+                           params={"modes": ",".join(modes), "presets": ",".join(presets), "norms": ",".join(norms), "seeds": seeds,
                                    "quick": quick, "model": base.model.name}, tags={"dynconv.kind": "ablation"},
                            resume=True) if base.tracking.enabled else None
     results: dict[str, list[dict]] = {}
@@ -112,7 +122,7 @@ def run_ablation(config: str, overrides: list[str], out: Path, modes: list[str],
             results.setdefault(v.label, []).append(json.loads(done.read_text()))
             continue
         log(f"[{i}/{total}] {v.label} seed {seed}")
-        cell = [f"model.name={v.model}", f"model.stem={v.stem}", f"train.seed={seed}", f"run.dir={run_dir}",
+        cell = [f"model.name={v.model}", f"model.stem={v.stem}", f"model.norm={v.norm}", f"train.seed={seed}", f"run.dir={run_dir}",
                 f"run.name=ablation-{v.label}-seed{seed}", "train.resume=auto",
                 f"model.stem_mode={v.stem_mode or 'null'}", f"dropout.kind={base.dropout.kind if v.stem_mode else 'none'}"]
         cfg = load_config(config, overrides + quick_overrides + cell + [f"tracking.uri={uri}"])
@@ -143,4 +153,4 @@ def parse_choices(spec: str, valid, what: str) -> list[str]:
     return items
 
 
-MODE_CHOICES, PRESET_CHOICES = STEM_MODES, tuple(STEM_PRESETS)
+MODE_CHOICES, PRESET_CHOICES, NORM_CHOICES = STEM_MODES, tuple(STEM_PRESETS), NORM_MODES

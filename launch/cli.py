@@ -72,8 +72,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluation import run_eval
     from .report import print_table, write_reports
 
-    report = run_eval(a.checkpoint, a.data, a.subsets, a.batch_size, a.workers, a.strict, a.device, a.model)
+    report = run_eval(a.checkpoint, a.data, a.subsets, a.batch_size, a.workers, a.strict, a.device, a.model,
+                      a.reference)
     print_table(report["subsets"], f"{report['model']} on {report['num_samples']} images of {a.data}")
+    s = report["summary"]
+    line = f"mean subset accuracy {100 * s['mean_subset_acc']:.2f}%, worst {100 * s['worst_subset_acc']:.2f}%"
+    if "rgb_gap" in s:
+        line += f", rgb_gap {100 * s['rgb_gap']:+.2f} points (reference {100 * report['reference']['accuracy']:.2f}%)"
+    print(line)
     if a.json:
         write_reports(report, Path(a.json))
         print(f"wrote {a.json}")
@@ -116,6 +122,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .calibrate import run_calibrate
+
+    out = run_calibrate(a.checkpoint, a.data, a.batches, a.batch_size, a.out, a.seed, a.workers, a.device)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_flops(a: argparse.Namespace) -> int:
     from dynconv.channels import parse_subset, validate_channels
     from dynconv.flops import count_macs, count_params
@@ -133,13 +147,14 @@ def cmd_flops(a: argparse.Namespace) -> int:
 
 
 def cmd_ablate(a: argparse.Namespace) -> int:
-    from .ablation import MODE_CHOICES, PRESET_CHOICES, parse_choices, run_ablation
+    from .ablation import MODE_CHOICES, NORM_CHOICES, PRESET_CHOICES, parse_choices, run_ablation
 
     modes = parse_choices(a.modes, MODE_CHOICES, "stem mode(s)")
+    norms = parse_choices(a.norms, NORM_CHOICES, "norm mode(s)")
     presets = parse_choices(a.presets, PRESET_CHOICES, "stem preset(s)")
     if a.seeds < 1:
         raise DynconvError("--seeds must be at least 1 (2 or more to see the spread)")
-    result = run_ablation(a.config, a.overrides, Path(a.out), modes, presets, a.seeds, a.quick)
+    result = run_ablation(a.config, a.overrides, Path(a.out), modes, presets, a.seeds, a.quick, norms)
     print(Path(result["files"][1]).read_text())
     print("wrote " + ", ".join(result["files"]))
     if result["run_id"]:
@@ -186,7 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strict", action="store_true")
     e.add_argument("--device", default="auto")
     e.add_argument("--model", default=None, help="fail unless the checkpoint holds this model")
+    e.add_argument("--reference", default=None,
+                   help="RGB-only reference (checkpoint or eval.json): adds rgb_gap = its accuracy - this model's")
     e.set_defaults(func=cmd_eval)
+
+    cb = sub.add_parser("calibrate", help="re-estimate per-subset BatchNorm statistics of a checkpoint")
+    cb.add_argument("checkpoint")
+    cb.add_argument("--data", required=True, help="training images (folder or .beton)")
+    cb.add_argument("--batches", type=int, default=20, help="batches per subset")
+    cb.add_argument("--batch-size", type=int, default=64)
+    cb.add_argument("--out", default=None, help="default: CHECKPOINT with suffix .calibrated.pt")
+    cb.add_argument("--seed", type=int, default=0)
+    cb.add_argument("--workers", type=int, default=2)
+    cb.add_argument("--device", default="auto")
+    cb.set_defaults(func=cmd_calibrate)
 
     f = sub.add_parser("flops", help="count MACs and parameters of a model for one input")
     f.add_argument("model")
@@ -203,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--out", required=True, help="folder for runs, ablation.{json,md,png}")
     ab.add_argument("--modes", default="prefix,slice,template_mixing,hypernet,depthwise")
     ab.add_argument("--presets", default="torchvision,study")
+    ab.add_argument("--norms", default="shared", help="comma-separated: shared,recalibrate,switchable,group")
     ab.add_argument("--seeds", type=int, default=2)
     ab.add_argument("--quick", action="store_true", help="CPU size: at most 3 epochs at 32 px")
     ab.add_argument("overrides", nargs="*", metavar="dotted.key=value")

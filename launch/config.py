@@ -46,6 +46,10 @@ class ModelConfig(_Section):
     stem_mode: Literal["prefix", "slice", "template_mixing", "hypernet", "depthwise"] | None = None
     stem: Literal["torchvision", "study"] | None = None
     stem_rescale: bool | None = None
+    norm: Literal["shared", "recalibrate", "switchable", "group"] | None = None
+    switchable_stages: int | None = Field(None, ge=0)
+    switchable_affine: bool | None = None
+    calibration_batches: int = Field(20, ge=1)  # training batches per subset for norm=recalibrate
 
 
 class TrainConfig(_Section):

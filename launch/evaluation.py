@@ -1,6 +1,7 @@
 """`dynconv eval`: score a checkpoint on every channel subset of a validation set."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -45,9 +46,26 @@ def evaluate_model(model, manifest: dict, source: DataSource, subsets: str | Non
             "num_samples": source.num_samples, "subsets": results, "summary": summarize(results)}
 
 
+def reference_rgb_accuracy(reference: str, data: str, batch_size: int, num_workers: int, device: str) -> float:
+    """Full-channel accuracy of a reference: an ``eval.json`` report, or a checkpoint evaluated on ``data``."""
+    ref = Path(reference)
+    if ref.suffix == ".json":
+        if not ref.is_file():
+            raise DynconvError(f"reference report {ref} does not exist")
+        report = json.loads(ref.read_text())
+        full = report.get("channels", "RGB")
+        if full not in report.get("subsets", {}):
+            raise DynconvError(f"reference report {ref} has no {full} row: evaluate the reference on all channels")
+        return float(report["subsets"][full]["accuracy"])
+    ckpt = load_checkpoint(ref)
+    full = ckpt["dynconv"]["channels"]
+    report = run_eval(reference, data, full, batch_size, num_workers, device=device)
+    return float(report["subsets"][full]["accuracy"])
+
+
 def run_eval(checkpoint: str, data: str, subsets: str | None = None, batch_size: int = 256,
              num_workers: int = 2, strict: bool = False, device: str = "auto",
-             expect_model: str | None = None) -> dict:
+             expect_model: str | None = None, reference: str | None = None) -> dict:
     ckpt = load_checkpoint(checkpoint)
     manifest = ckpt["dynconv"]
     parse_subsets(subsets, manifest["channels"])  # bad letters fail before any data is read
@@ -58,4 +76,11 @@ def run_eval(checkpoint: str, data: str, subsets: str | None = None, batch_size:
     check_classes(source, manifest["model_kwargs"]["num_classes"], manifest.get("classes"), f"data {data}")
     report = evaluate_model(model.to(dev), manifest, source, subsets, dev)
     report["checkpoint"] = str(checkpoint)
+    if reference:
+        full = manifest["channels"]
+        if full not in report["subsets"]:
+            raise DynconvError(f"--reference needs the {full} subset in --subsets to compute rgb_gap")
+        ref_acc = reference_rgb_accuracy(reference, data, batch_size, num_workers, device)
+        report["summary"]["rgb_gap"] = ref_acc - report["subsets"][full]["accuracy"]
+        report["reference"] = {"path": str(reference), "accuracy": ref_acc}
     return report

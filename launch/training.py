@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from dynconv.channel_select import is_channel_adaptive
-from dynconv.channels import parse_subsets, validate_channels
+from dynconv.calibration import calibrate_from_source
+from dynconv.channels import all_subsets, parse_subsets, validate_channels
 from dynconv.data import AugmentParams, BatchTransform, build_source, default_stats
 from dynconv.dropout import ChannelDropout
 from dynconv.errors import DynconvError
@@ -76,7 +77,8 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
     check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
     check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
 
-    model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude={"name"}).items() if v is not None}
+    model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude={"name", "calibration_batches"}).items()
+                    if v is not None}
     model_kwargs["in_chans"] = len(channels)
     model = create_model(cfg.model.name, **model_kwargs).to(device)
     if cfg.dropout.kind != "none" and not is_channel_adaptive(model):
@@ -114,8 +116,14 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         dropout=ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed),
         run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
         keep_checkpoints=cfg.train.keep_checkpoints, hooks=[tracker] if tracker else [], log=log)
+    def recalibrate(m) -> None:
+        n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
+                                  cfg.model.calibration_batches)
+        log(f"re-estimated BatchNorm statistics for {2 ** len(channels) - 1} subsets from {n} training images each")
+
     try:
-        final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch)
+        final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch,
+                    before_final=recalibrate if cfg.model.norm == "recalibrate" else None)
         report = evaluate_model(model, manifest, val_src, cfg.eval.subsets, device)
         report["checkpoint"] = str(final)
         files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")

@@ -15,13 +15,13 @@ def test_ablate_quick_writes_table_plot_and_mlflow(tiny_data, tmp_path, capsys):
             "model.num_classes=4", "data.num_workers=1"]
     assert run_cli(*args) == 0
     rows = json.loads((out / "ablation.json").read_text())
-    assert [r["variant"] for r in rows] == ["plain/torchvision", "slice/torchvision"]
+    assert [r["variant"] for r in rows] == ["plain/torchvision/shared", "slice/torchvision/shared"]
     assert all(r["seeds"] == 2 and list(r["accuracy_mean"]) == ["RGB", "RG", "RB", "GB", "R", "G", "B"] for r in rows)
     plain, slice_ = rows
     assert plain["macs"]["RGB"] == plain["macs"]["R"]          # a plain stem always sees 3 channels
     assert slice_["macs"]["RGB"] - slice_["macs"]["R"] == 2 * 64 * 49 * 16 * 16
     md = (out / "ablation.md").read_text()
-    assert "| slice/torchvision | 2 |" in md and "±" in md
+    assert "| slice/torchvision/shared | 2 |" in md and "±" in md
     with Image.open(out / "ablation.png") as im:
         assert im.size[0] > 400 and len(set(im.convert("L").getdata())) > 10
     from mlflow.tracking import MlflowClient

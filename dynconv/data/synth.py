@@ -1,8 +1,9 @@
 """A deterministic, class-conditional colour+shape dataset, written as an ImageFolder.
 
-Class ``k`` is the pair (shape ``k % 5``, palette ``k // 5``). Shape survives any channel subset;
-palette colours differ by different amounts in each channel (the two first palettes differ strongly in
-R and B, weakly in G), so dropping channels makes the task harder but never impossible.
+Class ``k`` is the pair (shape ``k % 5``, palette ``k // 5``). Shape survives any channel subset (so a
+single channel can always tell the 5 shapes apart); palette colours differ by different amounts in each
+channel (the two first palettes differ strongly in R and B, weakly in G), so dropping channels makes the
+task harder but never impossible: G alone carries only a weak colour cue.
 """
 from __future__ import annotations
 

@@ -85,8 +85,10 @@ class ResidualAttentionNet(SubsetModel):
     """
 
     def __init__(self, num_classes: int, in_chans: int, stem_mode: str | None, stem: str, stem_rescale: bool,
-                 p: int = 0, t: int = 2, tail: tuple[int, int] = (1, 0)):
+                 p: int = 0, t: int = 2, tail: tuple[int, int] = (1, 0), norm: str = "shared",
+                 switchable_stages: int | None = None, switchable_affine: bool = False):
         super().__init__()
+        self.in_chans = in_chans
         self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale)
         self.bn1 = nn.BatchNorm2d(64)
         self.channel_adaptive = stem_mode is not None
@@ -97,6 +99,10 @@ class ResidualAttentionNet(SubsetModel):
             PreActBottleneck(1024, 2048, 2), *(PreActBottleneck(2048, 2048) for _ in range(tail[1])),
             nn.BatchNorm2d(2048), nn.ReLU(inplace=True))
         self.fc = nn.Linear(2048, num_classes)
+        self.setup_norm(norm, switchable_stages, switchable_affine)
+
+    def norm_stages(self) -> list[str]:
+        return ["bn1"] + [f"body.{i}" for i in range(len(self.body))]
 
     def forward_features(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.stem_forward(self.conv1, x, channels))), 3, 2, 1)
@@ -108,6 +114,8 @@ class ResidualAttentionNet(SubsetModel):
 
 @register_model
 def ran2(num_classes: int = 1000, in_chans: int = 3, stem_mode: str | None = None, stem: str = "torchvision",
-         stem_rescale: bool = False) -> nn.Module:
+         stem_rescale: bool = False, norm: str = "shared", switchable_stages: int | None = None,
+         switchable_affine: bool = False) -> nn.Module:
     """The study's two-stage Residual Attention Network; ``stem_mode`` makes its first conv adaptive."""
-    return ResidualAttentionNet(num_classes, in_chans, stem_mode, stem, stem_rescale)
+    return ResidualAttentionNet(num_classes, in_chans, stem_mode, stem, stem_rescale, norm=norm,
+                                switchable_stages=switchable_stages, switchable_affine=switchable_affine)

@@ -17,13 +17,19 @@ class ResNet(SubsetModel):
     so a plain-stem ``resnet18`` loads torchvision weights and vice versa."""
 
     def __init__(self, arch: str, num_classes: int, in_chans: int, stem_mode: str | None, stem: str,
-                 stem_rescale: bool):
+                 stem_rescale: bool, norm: str = "shared", switchable_stages: int | None = None,
+                 switchable_affine: bool = False):
         super().__init__()
+        self.in_chans = in_chans
         tv = getattr(tvm, arch)(weights=None, num_classes=num_classes)
         self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale)
         for name in ("bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
             setattr(self, name, getattr(tv, name))
         self.channel_adaptive = stem_mode is not None
+        self.setup_norm(norm, switchable_stages, switchable_affine)
+
+    def norm_stages(self) -> list[str]:
+        return ["bn1", "layer1", "layer2", "layer3", "layer4"]
 
     def forward_features(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.stem_forward(self.conv1, x, channels))))
@@ -33,24 +39,35 @@ class ResNet(SubsetModel):
         return self.fc(torch.flatten(self.avgpool(features), 1))
 
 
-@register_model
-def resnet18(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision") -> nn.Module:
-    return ResNet("resnet18", num_classes, in_chans, None, stem, False)
+# Options shared by every builder: ``norm`` (shared | recalibrate | switchable | group), and for
+# ``switchable`` the stages it covers (``switchable_stages``: stem + first k stages; None = all) and whether
+# γ/β are per subset (``switchable_affine``).
 
 
 @register_model
-def resnet34(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision") -> nn.Module:
-    return ResNet("resnet34", num_classes, in_chans, None, stem, False)
+def resnet18(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision", norm: str = "shared",
+             switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
+    return ResNet("resnet18", num_classes, in_chans, None, stem, False, norm, switchable_stages, switchable_affine)
+
+
+@register_model
+def resnet34(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision", norm: str = "shared",
+             switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
+    return ResNet("resnet34", num_classes, in_chans, None, stem, False, norm, switchable_stages, switchable_affine)
 
 
 @register_model
 def dynamic_resnet18(num_classes: int = 1000, in_chans: int = 3, stem_mode: str = "prefix",
-                     stem: str = "torchvision", stem_rescale: bool = False) -> nn.Module:
+                     stem: str = "torchvision", stem_rescale: bool = False, norm: str = "shared",
+                     switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
     """ResNet18 whose first conv accepts any non-empty subset of the ``in_chans`` channels."""
-    return ResNet("resnet18", num_classes, in_chans, stem_mode, stem, stem_rescale)
+    return ResNet("resnet18", num_classes, in_chans, stem_mode, stem, stem_rescale, norm, switchable_stages,
+                  switchable_affine)
 
 
 @register_model
 def dynamic_resnet34(num_classes: int = 1000, in_chans: int = 3, stem_mode: str = "prefix",
-                     stem: str = "torchvision", stem_rescale: bool = False) -> nn.Module:
-    return ResNet("resnet34", num_classes, in_chans, stem_mode, stem, stem_rescale)
+                     stem: str = "torchvision", stem_rescale: bool = False, norm: str = "shared",
+                     switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
+    return ResNet("resnet34", num_classes, in_chans, stem_mode, stem, stem_rescale, norm, switchable_stages,
+                  switchable_affine)

@@ -76,8 +76,11 @@ def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: 
 
 
 def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, scheduler, spec: FitSpec,
-        start_epoch: int = 0) -> Path:
-    """Train epochs ``start_epoch+1 .. spec.epochs``; returns the final checkpoint ``run_dir/model.pt``."""
+        start_epoch: int = 0, before_final: Callable[[nn.Module], None] | None = None) -> Path:
+    """Train epochs ``start_epoch+1 .. spec.epochs``; returns the final checkpoint ``run_dir/model.pt``.
+
+    ``before_final(model)`` runs after the last epoch and before the final checkpoint is written (e.g.
+    per-subset BatchNorm re-estimation)."""
     for h in spec.hooks:
         h.on_fit_start({"train_samples": train.num_samples, "val_samples": val.num_samples if val else 0,
                         "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
@@ -98,6 +101,8 @@ def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, 
         for h in spec.hooks:
             h.on_epoch_end(epoch, metrics)
             h.on_checkpoint(path, epoch)
+    if before_final is not None:
+        before_final(model)
     final = atomic_torch_save({"dynconv": spec.manifest, "model": model.state_dict(), "epoch": spec.epochs},
                               spec.run_dir / "model.pt")
     for h in spec.hooks:

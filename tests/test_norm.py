@@ -1,0 +1,169 @@
+"""Subset-aware normalisation: recalibrate, switchable, group."""
+import json
+import os
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from conftest import run_cli
+from dynconv.channel_select import forward_subset
+from dynconv.channels import all_subsets
+from dynconv.layers import SubsetBatchNorm2d, calibrate
+from dynconv.models import create_model
+from test_cli import _train_args
+
+SUBSETS = all_subsets(3)
+
+
+def _skewed_batches(seed: int, n: int = 4, batch: int = 8):
+    """Inputs whose channels have very different scales, so subsets give different activations."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([0.2, 1.0, 4.0]).view(1, 3, 1, 1)
+    return [torch.randn(batch, 3, 24, 24, generator=g) * scale + 1 for _ in range(n)]
+
+
+def _calibrated(norm="recalibrate", seed=0, mode="slice"):
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=3, stem_mode=mode, norm=norm)
+    data = _skewed_batches(seed)
+    calibrate(model, lambda s: data, SUBSETS, forward_subset)
+    return model, data
+
+
+def test_per_subset_statistics_differ_and_are_selected():
+    model, data = _calibrated()
+    bn = model.bn1
+    assert isinstance(bn, SubsetBatchNorm2d) and bool(bn.subset_seen.all())
+    means = bn.subset_mean
+    assert not torch.allclose(means[SUBSETS.index((0,))], means[SUBSETS.index((2,))], rtol=0.1)
+    # evaluating subset G uses G's statistics: same output as a plain BN loaded with them
+    model.eval()
+    k = SUBSETS.index((1,))
+    x = data[0][:, [1]]
+    stem_out = model.conv1(x, (1,))
+    plain = nn.BatchNorm2d(64).eval()
+    plain.load_state_dict({"weight": bn.weight, "bias": bn.bias, "running_mean": bn.subset_mean[k],
+                           "running_var": bn.subset_var[k], "num_batches_tracked": torch.tensor(0)})
+    model.set_active_subset((1,))
+    with torch.no_grad():
+        torch.testing.assert_close(bn(stem_out), plain(stem_out))
+
+
+def test_recalibrated_statistics_match_the_data():
+    """For the first norm layer the re-estimated statistics are exactly those of the stem's outputs."""
+    model, data = _calibrated()
+    with torch.no_grad():
+        out = torch.cat([model.conv1(x[:, [0, 2]], (0, 2)) for x in data])
+    k = SUBSETS.index((0, 2))
+    torch.testing.assert_close(model.bn1.subset_mean[k], out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.bn1.subset_var[k], out.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_round_trip_keeps_statistics(tmp_path):
+    model, data = _calibrated()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    fresh = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice", norm="recalibrate")
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        for s in SUBSETS:
+            torch.testing.assert_close(forward_subset(model, data[1], s), forward_subset(fresh, data[1], s))
+    torch.testing.assert_close(fresh.layer4[1].bn2.subset_var, model.layer4[1].bn2.subset_var)
+
+
+def test_calibration_is_deterministic_given_data():
+    a, _ = _calibrated(seed=3)
+    b, _ = _calibrated(seed=3)
+    c, _ = _calibrated(seed=4)
+    assert torch.equal(a.layer2[0].bn1.subset_mean, b.layer2[0].bn1.subset_mean)
+    assert not torch.equal(a.layer2[0].bn1.subset_mean, c.layer2[0].bn1.subset_mean)
+
+
+def test_switchable_updates_only_the_active_subset_and_falls_back_with_warning():
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice", norm="switchable",
+                         switchable_stages=1)
+    assert isinstance(model.layer1[0].bn1, SubsetBatchNorm2d)
+    assert type(model.layer2[0].bn1) is nn.BatchNorm2d  # beyond switchable_stages: shared
+    x = _skewed_batches(0)[0]
+    model.train()
+    for s in [(0, 1, 2), (0,)]:
+        forward_subset(model, x, s)
+    seen = model.bn1.subset_seen
+    assert seen[SUBSETS.index((0, 1, 2))] and seen[SUBSETS.index((0,))] and int(seen.sum()) == 2
+    model.eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out_b = forward_subset(model, x, (2,))
+    assert any("no normalisation statistics for channel subset (2,)" in str(w.message) for w in caught)
+    # nearest seen subset of (2,) by overlap is RGB: same output as forcing RGB's statistics
+    k_rgb = SUBSETS.index((0, 1, 2))
+    for m in model.modules():
+        if isinstance(m, SubsetBatchNorm2d):
+            m.subset_seen[SUBSETS.index((2,))] = True
+            m.subset_mean[SUBSETS.index((2,))] = m.subset_mean[k_rgb]
+            m.subset_var[SUBSETS.index((2,))] = m.subset_var[k_rgb]
+    torch.testing.assert_close(forward_subset(model, x, (2,)), out_b)
+
+
+def test_group_norm_replaces_batch_norm():
+    model = create_model("ran2", num_classes=3, norm="group")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice", norm="recalibrate")
+    data = [x[rank::world] for x in _skewed_batches(7)]  # each rank sees its share of every batch
+    calibrate(model, lambda s: data, SUBSETS, forward_subset)
+    if rank == 0:
+        torch.save({k: v for k, v in model.state_dict().items() if "subset_" in k}, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_calibration_matches_single_process(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'rdzv'}", str(out)), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    torch.manual_seed(0)
+    single = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice", norm="recalibrate")
+    data = _skewed_batches(7)
+    calibrate(single, lambda s: data, SUBSETS, forward_subset)
+    ref = single.state_dict()
+    assert len(ddp) > 20
+    for k, v in ddp.items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_cli_recalibrate_train_calibrate_and_rgb_gap(tiny_data, tmp_path, capsys):
+    base = tmp_path / "shared"
+    assert run_cli(*_train_args(tiny_data, base, "tracking.enabled=false", "train.epochs=4")) == 0
+    recal = tmp_path / "recal"
+    assert run_cli(*_train_args(tiny_data, recal, "tracking.enabled=false", "train.epochs=4",
+                                "model.norm=recalibrate")) == 0
+    ckpt = torch.load(recal / "model.pt", weights_only=True)
+    assert ckpt["dynconv"]["model_kwargs"]["norm"] == "recalibrate"
+    assert bool(ckpt["model"]["bn1.subset_seen"].all())
+    # calibrate a shared-norm checkpoint after the fact; same seed -> identical file contents
+    for name in ("a.pt", "b.pt"):
+        assert run_cli("calibrate", base / "model.pt", "--data", tiny_data / "train.beton", "--batches", "3",
+                       "--out", tmp_path / name, "--workers", "1") == 0
+    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("a.pt", "b.pt"))
+    assert a["dynconv"]["model_kwargs"]["norm"] == "recalibrate"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    capsys.readouterr()
+    out = tmp_path / "gap.json"
+    assert run_cli("eval", tmp_path / "a.pt", "--data", tiny_data / "val", "--reference", base / "eval.json",
+                   "--json", out) == 0
+    report = json.loads(out.read_text())
+    ref = json.loads((base / "eval.json").read_text())["subsets"]["RGB"]["accuracy"]
+    assert report["summary"]["rgb_gap"] == pytest.approx(ref - report["subsets"]["RGB"]["accuracy"])
+    assert "rgb_gap" in capsys.readouterr().out
