@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
 	@echo "[install] dynconv and its stack (ffcv, deepspeed, submitit, ray[tune], mlflow)"
 	@$(PY) -m pip install -q numpy cython pkgconfig 2>&1 | $(QUIET_PIP)
-	@$(PY) -m pip install -q --no-build-isolation -e '.[ffcv,test]' 2>&1 | $(QUIET_PIP)
-	@$(PY) -c "import torch, torchvision, ffcv, deepspeed, submitit, ray.tune, mlflow; print('[install] ok: torch', torch.__version__, '| ffcv', ffcv.__version__)"
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -e '.[ffcv,test]' 2>&1 | $(QUIET_PIP)
+	@DS_ACCELERATOR=cpu $(PY) -c "import torch, torchvision, ffcv, deepspeed, submitit, ray.tune, mlflow; print('[install] ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| mlflow', mlflow.__version__)" 2>&1 | sed -e '/ds_accelerator to cpu/d'
 	@touch $(STAMP)
 
 demo: install
