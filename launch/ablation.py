@@ -17,6 +17,7 @@ from dynconv.fileio import atomic_write_text
 from dynconv.layers import NORM_MODES, STEM_MODES, STEM_PRESETS
 
 from .config import load_config
+from .plots import subset_figure
 from .tracking import MlflowTracker, default_tracking_uri
 from .training import run_training
 
@@ -67,39 +68,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Left: per-subset accuracy grouped by variant (error bars = std over seeds).
-    Right: accuracy vs MACs, one marker per (variant, subset)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    subsets = list(rows[0]["accuracy_mean"])
-    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(14, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / len(rows)
-    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
-    for j, r in enumerate(rows):
-        xs = np.arange(len(subsets)) + (j - (len(rows) - 1) / 2) * width
-        y = [100 * r["accuracy_mean"][s] for s in subsets]
-        e = [100 * r["accuracy_std"][s] for s in subsets]
-        bars.bar(xs, y, width, yerr=e, capsize=2, label=r["variant"], color=colours(j))
-        scatter.errorbar([r["macs"][s] / 1e6 for s in subsets], y, yerr=e, marker="o", linestyle="",
-                         capsize=2, color=colours(j), alpha=0.8)
-    bars.set_xticks(np.arange(len(subsets)), subsets)
-    bars.set_ylabel("accuracy (%)")
-    bars.set_title("Accuracy per channel subset")
-    bars.set_ylim(0, 105)
-    bars.grid(axis="y", alpha=0.3)
-    bars.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
-    scatter.set_xlabel("MACs per image (millions)")
-    scatter.set_title("Accuracy vs compute (one marker per variant and subset)")
-    scatter.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    """Per-subset accuracy bars (error bars = std over seeds) and accuracy vs MACs."""
+    rows = [{"label": r["variant"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"], "macs": r["macs"]}
+            for r in rows]
+    return subset_figure(rows, path)["path"]
 
 
 def run_ablation(config: str, overrides: list[str], out: Path, modes: list[str], presets: list[str],

@@ -130,6 +130,15 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    run_compare(a.tracking_uri, a.experiment, a.runs, a.filter, a.sort, a.format, a.plot, a.baseline, a.log_to)
+    if a.plot:
+        print(f"wrote {a.plot}", file=sys.stderr)
+    return 0
+
+
 def cmd_flops(a: argparse.Namespace) -> int:
     from dynconv.channels import parse_subset, validate_channels
     from dynconv.flops import count_macs, count_params
@@ -215,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--workers", type=int, default=2)
     cb.add_argument("--device", default="auto")
     cb.set_defaults(func=cmd_calibrate)
+
+    cp = sub.add_parser("compare", help="compare MLflow runs: accuracy per channel subset vs MACs")
+    cp.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
+    cp.add_argument("--experiment", action="append", default=None, help="experiment name (repeatable)")
+    cp.add_argument("--runs", nargs="+", default=None, metavar="RUN_ID")
+    cp.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.model.norm = 'recalibrate'\"")
+    cp.add_argument("--sort", default="worst_subset_acc")
+    cp.add_argument("--format", choices=("table", "markdown", "csv", "json"), default=None,
+                    help="default: table in a terminal, markdown in a pipe")
+    cp.add_argument("--plot", default=None, help="write bars, accuracy-vs-MACs and learning curves (.png/.svg)")
+    cp.add_argument("--baseline", default=None, help="run id (prefix) or name: adds Δ columns")
+    cp.add_argument("--log-to", default=None, metavar="RUN_ID", help="log the table and plot to this run")
+    cp.set_defaults(func=cmd_compare)
 
     f = sub.add_parser("flops", help="count MACs and parameters of a model for one input")
     f.add_argument("model")

@@ -18,7 +18,7 @@ def default_tracking_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve().parent / 'mlruns.db'}"
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     if "://" not in uri and not uri.startswith("file:"):
@@ -45,7 +45,7 @@ class MlflowTracker(Hook):
 
         self.uri, self.run_dir = uri, Path(run_dir)
         try:
-            self.client = _client(uri)
+            self.client = mlflow_client(uri)
             previous = self._recorded_run() if resume else None
             if previous:
                 self.run_id = previous
@@ -63,6 +63,17 @@ class MlflowTracker(Hook):
         except Exception as e:  # MLflow raises many types for a bad URI or an unreachable store
             raise DynconvError(f"cannot open MLflow store {uri!r}: {str(e).splitlines()[0][:160]}") from None
         atomic_write_text(self.run_dir / RUN_FILE, json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> "MlflowTracker":
+        """A tracker for an existing run (to add artifacts or metrics), without touching any run folder."""
+        self = cls.__new__(cls)
+        self.uri, self.run_dir, self.client, self.run_id = uri, None, mlflow_client(uri), run_id
+        try:
+            self.client.get_run(run_id)
+        except Exception:
+            raise DynconvError(f"no MLflow run {run_id!r} at {uri}: pass a run id from 'dynconv compare --format csv'") from None
+        return self
 
     def _recorded_run(self) -> str | None:
         f = self.run_dir / RUN_FILE

@@ -1,0 +1,187 @@
+"""`dynconv compare`: one row per MLflow run — accuracy per channel subset against compute."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from dynconv.channels import all_subsets, subset_name
+from dynconv.errors import DynconvError
+from dynconv.fileio import atomic_write_text
+
+from .plots import subset_figure
+from .tracking import mlflow_client
+
+FORMATS = ("table", "markdown", "csv", "json")
+INFO_COLUMNS = ("run", "run_id", "model", "stem_mode", "stem", "norm", "dropout", "epochs", "macs")
+
+
+def _param(params: dict, key: str, default: str = "") -> str:
+    value = params.get(key, default)
+    return default if value in ("None", "") else value
+
+
+def run_row(run) -> dict | None:
+    """The comparison row of one run, or None when it has no per-subset results."""
+    p, m = run.data.params, run.data.metrics
+    channels = _param(p, "data.channels", "RGB")
+    subsets = [subset_name(s, channels) for s in all_subsets(channels) if f"acc_{subset_name(s, channels)}" in m]
+    if not subsets:
+        return None
+    model = _param(p, "model.name", "?")
+    dynamic = model.startswith("dynamic_")
+    full = channels if channels in subsets else subsets[0]
+    return {
+        "run": run.info.run_name or run.info.run_id[:8], "run_id": run.info.run_id, "model": model,
+        "stem_mode": _param(p, "model.stem_mode", "prefix" if dynamic else "-"),
+        "stem": _param(p, "model.stem", "torchvision"), "norm": _param(p, "model.norm", "shared"),
+        "dropout": _param(p, "dropout.kind", "?"), "epochs": int(float(_param(p, "train.epochs", "0"))),
+        "macs": int(m.get(f"macs_{full}", 0)),
+        "acc": {s: m[f"acc_{s}"] for s in subsets},
+        "macs_by_subset": {s: int(m.get(f"macs_{s}", 0)) for s in subsets},
+        "mean_subset_acc": m.get("mean_subset_acc", sum(m[f"acc_{s}"] for s in subsets) / len(subsets)),
+        "worst_subset_acc": m.get("worst_subset_acc", min(m[f"acc_{s}"] for s in subsets)),
+        "f1": m.get(f"f1_{full}", float("nan")), "full": full,
+    }
+
+
+def collect_rows(uri: str, experiments: list[str] | None = None, run_ids: list[str] | None = None,
+                 filter_string: str = "") -> tuple[list[dict], object]:
+    client = mlflow_client(uri)
+    try:
+        if run_ids:
+            runs = [client.get_run(r) for r in run_ids]
+        else:
+            if experiments:
+                exps = []
+                for name in experiments:
+                    exp = client.get_experiment_by_name(name)
+                    if exp is None:
+                        known = ", ".join(e.name for e in client.search_experiments())
+                        raise DynconvError(f"no MLflow experiment {name!r} at {uri}: known experiments are {known}")
+                    exps.append(exp.experiment_id)
+            else:
+                exps = [e.experiment_id for e in client.search_experiments()]
+            runs = client.search_runs(exps, filter_string=filter_string, max_results=5000) if exps else []
+    except DynconvError:
+        raise
+    except Exception as e:  # MLflow raises several types for bad filters, unknown ids, unreachable servers
+        raise DynconvError(f"cannot read runs from {uri}: {str(e).splitlines()[0][:200]}") from None
+    rows = [r for r in (run_row(run) for run in runs) if r is not None]
+    if not rows:
+        raise DynconvError(f"no runs with per-subset results (acc_<subset> metrics) match at {uri}: "
+                           "train with 'dynconv train' first, or loosen --experiment/--filter")
+    return rows, client
+
+
+def sort_rows(rows: list[dict], key: str) -> list[dict]:
+    def value(r):
+        if key.startswith("acc_"):
+            return r["acc"].get(key[4:], float("-inf"))
+        if key not in r:
+            raise DynconvError(f"cannot sort by {key!r}: use mean_subset_acc, worst_subset_acc, f1, macs, epochs, "
+                               "run or acc_<subset>")
+        return r[key]
+    return sorted(rows, key=value, reverse=key not in ("run", "macs"))
+
+
+def add_deltas(rows: list[dict], baseline: str) -> None:
+    """Δ columns (this run − baseline) for mean, worst and full-channel accuracy."""
+    base = next((r for r in rows if r["run_id"].startswith(baseline) or r["run"] == baseline), None)
+    if base is None:
+        raise DynconvError(f"--baseline {baseline!r} is not among the compared runs: give its run id or name")
+    for r in rows:
+        r["d_mean"] = r["mean_subset_acc"] - base["mean_subset_acc"]
+        r["d_worst"] = r["worst_subset_acc"] - base["worst_subset_acc"]
+        r["d_full"] = r["acc"].get(r["full"], float("nan")) - base["acc"].get(base["full"], float("nan"))
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    subsets = []
+    for r in rows:
+        subsets += [s for s in r["acc"] if s not in subsets]
+    cols = [c for c in INFO_COLUMNS if c != "run_id"] + [f"acc_{s}" for s in subsets]
+    cols += ["mean_subset_acc", "worst_subset_acc", "f1"]
+    if "d_mean" in rows[0]:
+        cols += ["d_mean", "d_worst", "d_full"]
+    return cols
+
+
+def _cell(r: dict, col: str, pretty: bool):
+    v = r["acc"].get(col[4:]) if col.startswith("acc_") else r.get(col)
+    if not pretty or v is None:
+        return v
+    if isinstance(v, float):
+        return f"{100 * v:+.1f}" if col.startswith("d_") else f"{100 * v:.1f}"
+    if col == "macs":
+        return f"{v / 1e6:.1f}M"
+    return str(v)
+
+
+def render(rows: list[dict], fmt: str) -> str:
+    cols = _columns(rows)
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["run_id", *cols])
+        for r in rows:
+            w.writerow([r["run_id"], *(_cell(r, c, False) for c in cols)])
+        return buf.getvalue()
+    head = [c.replace("acc_", "").replace("_subset_acc", "") for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(_cell(r, c, True) or "") for c in cols) + " |" for r in rows]
+    return "Accuracy in %; Δ columns in points against the baseline.\n\n" * ("d_mean" in rows[0]) + "\n".join(lines) + "\n"
+
+
+def print_rich(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = _columns(rows)
+    table = Table(title=f"{len(rows)} runs (accuracy in %)")
+    for c in cols:
+        table.add_column(c.replace("acc_", "").replace("_subset_acc", ""), justify="left" if c in INFO_COLUMNS else "right",
+                         no_wrap=True)
+    for r in rows:
+        table.add_row(*(str(_cell(r, c, True) or "") for c in cols))
+    Console().print(table)
+
+
+def plot_rows(rows: list[dict], client, path: Path) -> dict:
+    curves = {r["run"]: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], "val_acc"))
+              for r in rows}
+    figure_rows = [{"label": r["run"], "accuracy": r["acc"], "macs": r["macs_by_subset"]} for r in rows]
+    return subset_figure(figure_rows, path, curves=curves, title="dynconv compare")
+
+
+def run_compare(uri: str | None, experiments, run_ids, filter_string: str, sort: str, fmt: str | None,
+                plot: str | None, baseline: str | None, log_to: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise DynconvError("no tracking store: pass --tracking-uri (e.g. sqlite:///demo-out/runs/mlruns.db) "
+                           "or set MLFLOW_TRACKING_URI")
+    rows, client = collect_rows(uri, experiments, run_ids, filter_string)
+    rows = sort_rows(rows, sort)
+    if baseline:
+        add_deltas(rows, baseline)
+    fmt = fmt or ("table" if os.isatty(1) else "markdown")
+    text = render(rows, "markdown" if fmt == "table" else fmt)
+    if fmt == "table":
+        print_rich(rows)
+    else:
+        print(text, end="")
+    files = []
+    if plot:
+        files.append(plot_rows(rows, client, Path(plot))["path"])
+    if log_to:
+        from .tracking import MlflowTracker
+
+        tracker = MlflowTracker.attach(uri, log_to)
+        files.append(atomic_write_text(Path(plot or "compare").with_name("compare.md"), text if fmt != "json" else render(rows, "markdown")))
+        for f in files:
+            tracker.log_artifact(f, "compare")
+    return text
