@@ -48,7 +48,6 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import load_config
-    from .report import print_table
     from .training import run_training
 
     result = run_training(load_config(a.config, a.overrides))

@@ -178,10 +178,13 @@ def run_compare(uri: str | None, experiments, run_ids, filter_string: str, sort:
     if plot:
         files.append(plot_rows(rows, client, Path(plot))["path"])
     if log_to:
+        import tempfile
+
         from .tracking import MlflowTracker
 
         tracker = MlflowTracker.attach(uri, log_to)
-        files.append(atomic_write_text(Path(plot or "compare").with_name("compare.md"), text if fmt != "json" else render(rows, "markdown")))
-        for f in files:
-            tracker.log_artifact(f, "compare")
+        with tempfile.TemporaryDirectory() as tmp:
+            md = text if fmt in ("table", "markdown") else render(rows, "markdown")
+            for f in files + [atomic_write_text(Path(tmp) / "compare.md", md)]:
+                tracker.log_artifact(f, "compare")
     return text
