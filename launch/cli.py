@@ -138,6 +138,37 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from dynconv.fileio import atomic_write_text
+
+    from .compare import collect_rows, tracking_uri
+    from .study_report import study_report
+
+    if not a.study:
+        raise DynconvError("dynconv report needs --study (the only report so far)")
+    rows, _ = collect_rows(tracking_uri(a.tracking_uri), a.experiment)
+    text = study_report(rows)
+    if a.out:
+        atomic_write_text(a.out, text)
+        print(f"wrote {a.out}", file=sys.stderr)
+    print(text, end="")
+    return 0
+
+
+def cmd_mlflow_server(a: argparse.Namespace) -> int:
+    from .mlflow_server import run_server
+
+    return run_server(a.host, a.port, a.backend, a.artifacts, a.workers)
+
+
+def cmd_sync(a: argparse.Namespace) -> int:
+    from .tracking import sync_run_dir
+
+    run_id, sent, left = sync_run_dir(a.run_dir)
+    print(f"run {run_id}: delivered {sent} buffered record(s), {left} left")
+    return 0 if left == 0 else 1
+
+
 def cmd_flops(a: argparse.Namespace) -> int:
     from dynconv.channels import parse_subset, validate_channels
     from dynconv.flops import count_macs, count_params
@@ -236,6 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--baseline", default=None, help="run id (prefix) or name: adds Δ columns")
     cp.add_argument("--log-to", default=None, metavar="RUN_ID", help="log the table and plot to this run")
     cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="render the study's tables from runs tagged run.tags.study=ROLE")
+    rp.add_argument("--study", action="store_true", help="the original study's three tables")
+    rp.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
+    rp.add_argument("--experiment", action="append", default=None)
+    rp.add_argument("--out", default=None, help="also write the Markdown to this file")
+    rp.set_defaults(func=cmd_report)
+
+    ms = sub.add_parser("mlflow-server", help="start an MLflow tracking server (database backend, artifact proxy)")
+    ms.add_argument("--host", default="127.0.0.1")
+    ms.add_argument("--port", type=int, default=5000)
+    ms.add_argument("--backend", default="sqlite:///mlflow-server/mlflow.db")
+    ms.add_argument("--artifacts", default="mlflow-server/artifacts")
+    ms.add_argument("--workers", type=int, default=1)
+    ms.set_defaults(func=cmd_mlflow_server)
+
+    sy = sub.add_parser("sync", help="deliver a run's buffered MLflow records (after the store was unreachable)")
+    sy.add_argument("run_dir")
+    sy.set_defaults(func=cmd_sync)
 
     f = sub.add_parser("flops", help="count MACs and parameters of a model for one input")
     f.add_argument("model")

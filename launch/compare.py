@@ -40,6 +40,10 @@ def run_row(run) -> dict | None:
         "dropout": _param(p, "dropout.kind", "?"), "epochs": int(float(_param(p, "train.epochs", "0"))),
         "macs": int(m.get(f"macs_{full}", 0)),
         "acc": {s: m[f"acc_{s}"] for s in subsets},
+        "metrics": {s: {k: m.get(f"{prefix}_{s}") for k, prefix in (("accuracy", "acc"), ("precision", "precision"),
+                                                                    ("recall", "recall"), ("f1", "f1"), ("macs", "macs"))}
+                    for s in subsets},
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
         "macs_by_subset": {s: int(m.get(f"macs_{s}", 0)) for s in subsets},
         "mean_subset_acc": m.get("mean_subset_acc", sum(m[f"acc_{s}"] for s in subsets) / len(subsets)),
         "worst_subset_acc": m.get("worst_subset_acc", min(m[f"acc_{s}"] for s in subsets)),
@@ -158,12 +162,17 @@ def plot_rows(rows: list[dict], client, path: Path) -> dict:
     return subset_figure(figure_rows, path, curves=curves, title="dynconv compare")
 
 
-def run_compare(uri: str | None, experiments, run_ids, filter_string: str, sort: str, fmt: str | None,
-                plot: str | None, baseline: str | None, log_to: str | None) -> str:
+def tracking_uri(uri: str | None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise DynconvError("no tracking store: pass --tracking-uri (e.g. sqlite:///demo-out/runs/mlruns.db) "
                            "or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def run_compare(uri: str | None, experiments, run_ids, filter_string: str, sort: str, fmt: str | None,
+                plot: str | None, baseline: str | None, log_to: str | None) -> str:
+    uri = tracking_uri(uri)
     rows, client = collect_rows(uri, experiments, run_ids, filter_string)
     rows = sort_rows(rows, sort)
     if baseline:

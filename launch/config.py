@@ -79,6 +79,7 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     dir: str = "runs/default"
     name: str | None = None
+    tags: dict[str, str] = {}  # MLflow run tags, e.g. run.tags.study=dynamic for `dynconv report --study`
 
 
 class TrackingConfig(_Section):

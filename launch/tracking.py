@@ -1,9 +1,16 @@
 """MLflow tracking adapter: a trainer :class:`Hook` that logs params, per-epoch metrics, per-subset results
-and artifacts. Only this module (and other ``launch/`` code) imports mlflow."""
+and artifacts. Only this module (and other ``launch/`` code) imports mlflow.
+
+Tracking never kills a run: if the store becomes unreachable mid-run (a tracking server restarting, a
+network blip), every record is appended to ``run.dir/tracking_buffer.jsonl`` and replayed, in order,
+as soon as a later call gets through — or by ``dynconv sync RUN_DIR``.
+"""
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 from dynconv.errors import DynconvError
@@ -11,6 +18,7 @@ from dynconv.fileio import atomic_write_text
 from dynconv.train import Hook
 
 RUN_FILE = "mlflow_run.json"  # in run.dir: lets a resumed run keep logging to the same MLflow run
+BUFFER_FILE = "tracking_buffer.jsonl"  # in run.dir: records not yet delivered to the store
 
 
 def default_tracking_uri(run_dir: str | Path) -> str:
@@ -21,6 +29,11 @@ def default_tracking_uri(run_dir: str | Path) -> str:
 def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith(("http://", "https://")):
+        # fail fast when a server is down (MLflow's defaults retry for minutes); records are buffered instead
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     if "://" not in uri and not uri.startswith("file:"):
         raise DynconvError(f"tracking.uri {uri!r} is not a URI: use sqlite:///path/mlruns.db, file:///dir or http://host:port")
     return MlflowClient(tracking_uri=uri)
@@ -82,14 +95,77 @@ class MlflowTracker(Hook):
         info = json.loads(f.read_text())
         return info["run_id"] if info.get("tracking_uri") == self.uri else None
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
+    # ---- delivery with buffering ----------------------------------------------------------------------
+    def _send(self, record: dict) -> None:
+        op = record["op"]
+        if op == "metrics":
+            from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+            items = [Metric(k, float(v), record["timestamp"], record["step"]) for k, v in record["metrics"].items()]
+            self.client.log_batch(self.run_id, metrics=items)
+        elif op == "artifact":
+            self.client.log_artifact(self.run_id, record["path"], record.get("folder"))
+        elif op == "terminate":
+            self.client.set_terminated(self.run_id, status=record["status"])
+        else:
+            raise ValueError(f"unknown tracking record {op!r}")
+
+    @property
+    def _buffer(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / BUFFER_FILE
+
+    def pending(self) -> list[dict]:
+        """Buffered records, oldest first (a torn last line from a crash is ignored)."""
+        if self._buffer is None or not self._buffer.exists():
+            return []
+        records = []
+        for line in self._buffer.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def flush(self) -> int:
+        """Deliver buffered records in order; returns how many remain (0 = all delivered)."""
+        records = self.pending()
+        for i, record in enumerate(records):
+            try:
+                self._send(record)
+            except Exception:
+                rest = records[i:]
+                atomic_write_text(self._buffer, "".join(json.dumps(r) + "\n" for r in rest))
+                return len(rest)
+        if self._buffer is not None:
+            self._buffer.unlink(missing_ok=True)
+        return 0
+
+    def _record(self, record: dict) -> None:
+        """Send ``record`` after anything still buffered; if the store is unreachable, buffer it."""
+        if self._buffer is None:  # attached to a run without a run folder: no buffering possible
+            self._send(record)
+            return
+        try:
+            if self.flush() == 0:
+                self._send(record)
+                return
+        except Exception as e:
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                warnings.warn(f"MLflow store {self.uri} unreachable ({str(e).splitlines()[0][:80]}): buffering "
+                              f"to {self._buffer}; it is replayed when the store returns, or run "
+                              f"'dynconv sync {self.run_dir}'", stacklevel=3)
+        with open(self._buffer, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self._record({"op": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}, "step": step,
+                      "timestamp": int(time.time() * 1000)})
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        self._record({"op": "artifact", "path": str(Path(path).resolve()), "folder": folder})
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.log_metrics(metrics, step=epoch)
@@ -108,4 +184,22 @@ class MlflowTracker(Hook):
             self.log_artifact(f)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        self._record({"op": "terminate", "status": status})
+        left = len(self.pending())
+        if left:
+            warnings.warn(f"{left} tracking record(s) not delivered to {self.uri}: run 'dynconv sync {self.run_dir}' "
+                          "once the store is reachable", stacklevel=2)
+
+
+def sync_run_dir(run_dir: str | Path) -> tuple[str, int, int]:
+    """Replay ``run_dir``'s buffered tracking records; returns (run id, delivered, remaining)."""
+    run_dir = Path(run_dir)
+    info_file = run_dir / RUN_FILE
+    if not info_file.exists():
+        raise DynconvError(f"{run_dir} has no {RUN_FILE}: pass a run.dir of a run that logged to MLflow")
+    info = json.loads(info_file.read_text())
+    tracker = MlflowTracker.attach(info["tracking_uri"], info["run_id"])
+    tracker.run_dir = run_dir
+    total = len(tracker.pending())
+    left = tracker.flush()
+    return info["run_id"], total - left, left

@@ -103,7 +103,7 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
     if cfg.tracking.enabled:
         uri = cfg.tracking.uri or default_tracking_uri(run_dir)
         tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
-                                params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **(tags or {})},
+                                params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
                                 resume=ckpt is not None)
         log(f"MLflow run {tracker.run_id} ({uri})")
 

@@ -1,0 +1,132 @@
+"""Against a real `mlflow server` on loopback: logging, compare, study report, and a server that dies mid-run."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from test_cli import _train_args
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`dynconv mlflow-server` in its own process group, restartable on the same port and database."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, _free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "launch.cli", "mlflow-server", "--port", str(self.port),
+               "--backend", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts", str(self.root / "artifacts")]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("mlflow server did not become healthy in 90 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("mlflow-server"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def logged(server, tiny_data, tmp_path_factory):
+    """Three runs logged through the server, tagged with study roles."""
+    root = tmp_path_factory.mktemp("srv-runs")
+    runs = {"dyn0": ("dynamic_resnet18", "dynamic", "slice"), "dyn1": ("dynamic_resnet18", "dynamic", "slice"),
+            "plain": ("resnet18", "plain", None)}
+    for i, (name, (model, role, mode)) in enumerate(runs.items()):
+        extra = [f"model.name={model}", f"run.tags.study={role}", f"run.name={name}", f"train.seed={i}",
+                 "train.epochs=2", f"tracking.uri={server.url}", "tracking.experiment=srv"]
+        extra += [f"model.stem_mode={mode}"] if mode else ["dropout.kind=none", "model.stem_mode=null"]
+        assert run_cli(*_train_args(tiny_data, root / name, *extra)) == 0
+    return root
+
+
+def test_runs_logged_through_server_compare_in_every_format(server, logged, capsys):
+    capsys.readouterr()
+    assert run_cli("compare", "--tracking-uri", server.url, "--format", "json", "--sort", "mean_subset_acc") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["run"] for r in rows) == ["dyn0", "dyn1", "plain"]
+    means = [r["mean_subset_acc"] for r in rows]
+    assert means == sorted(means, reverse=True)
+    for fmt, marker in (("csv", "run_id,run,model"), ("markdown", "| run | model |")):
+        assert run_cli("compare", "--tracking-uri", server.url, "--format", fmt) == 0
+        out = capsys.readouterr().out
+        assert marker in out and all(n in out for n in ("dyn0", "dyn1", "plain"))
+    # artifacts went through the server's proxy into its artifact folder
+    assert list((server.root / "artifacts").rglob("eval.json"))
+
+
+def test_study_report_from_tagged_runs(server, logged, tmp_path, capsys):
+    out = tmp_path / "study.md"
+    capsys.readouterr()
+    assert run_cli("report", "--study", "--tracking-uri", server.url, "--out", out) == 0
+    text = out.read_text()
+    assert "## Table 1" in text and "| | RGB | RG | RB | GB | R | G | B |" in text
+    assert "| | Resnet-18(DynamicConv2D) | Resnet-18 |" in text
+    assert "| runs (seeds) | 2 | 1 |" in text and " ± " in text
+    assert "_no runs tagged study=ran, study=resnet34_" in text
+
+
+def test_server_killed_mid_run_buffers_then_sync_replays(server, tiny_data, tmp_path):
+    run_dir = tmp_path / "flaky"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "launch.cli", *map(str, _train_args(
+        tiny_data, run_dir, "train.epochs=5", f"tracking.uri={server.url}", "tracking.experiment=flaky"))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("epoch 1/5"):
+            server.stop()  # the tracking server dies after the first epoch
+    assert proc.wait(timeout=600) == 0, "".join(output)
+    text = "".join(output)
+    assert "unreachable" in text and "dynconv sync" in text
+    assert (run_dir / "model.pt").exists() and (run_dir / "eval.json").exists()
+    buffered = [json.loads(x) for x in (run_dir / "tracking_buffer.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in buffered if r["op"] == "metrics" and "train_loss" in r["metrics"]]
+    assert steps[0] <= 2 and steps == list(range(steps[0], 6))  # every epoch after the kill, in order
+    assert buffered[-1] == {"op": "terminate", "status": "FINISHED"}
+
+    server.start()  # back, same database
+    assert run_cli("sync", run_dir) == 0
+    assert not (run_dir / "tracking_buffer.jsonl").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.url)
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert sorted(h.step for h in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3, 4, 5]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "acc_G" in run.data.metrics
+    assert {"eval.json", "config.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
