@@ -132,7 +132,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from .compare import run_compare
 
-    run_compare(a.tracking_uri, a.experiment, a.runs, a.filter, a.sort, a.format, a.plot, a.baseline, a.log_to)
+    run_compare(a.tracking_uri, a.experiment, a.runs, a.filter, a.sort, a.format, a.plot, a.baseline, a.log_to,
+                a.reference)
     if a.plot:
         print(f"wrote {a.plot}", file=sys.stderr)
     return 0
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--plot", default=None, help="write bars, accuracy-vs-MACs and learning curves (.png/.svg)")
     cp.add_argument("--baseline", default=None, help="run id (prefix) or name: adds Δ columns")
     cp.add_argument("--log-to", default=None, metavar="RUN_ID", help="log the table and plot to this run")
+    cp.add_argument("--reference", default=None, metavar="RUN",
+                    help="RGB-only reference run (id or name): adds rgb_gap = its RGB accuracy - each run's")
     cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="render the study's tables from runs tagged run.tags.study=ROLE")

@@ -86,16 +86,28 @@ def sort_rows(rows: list[dict], key: str) -> list[dict]:
             return r["acc"].get(key[4:], float("-inf"))
         if key not in r:
             raise DynconvError(f"cannot sort by {key!r}: use mean_subset_acc, worst_subset_acc, f1, macs, epochs, "
-                               "run or acc_<subset>")
+                               "run, rgb_gap (with --reference) or acc_<subset>")
         return r[key]
-    return sorted(rows, key=value, reverse=key not in ("run", "macs"))
+    return sorted(rows, key=value, reverse=key not in ("run", "macs", "rgb_gap"))
+
+
+def _find(rows: list[dict], key: str, option: str) -> dict:
+    found = next((r for r in rows if r["run_id"].startswith(key) or r["run"] == key), None)
+    if found is None:
+        raise DynconvError(f"{option} {key!r} is not among the compared runs: give its run id or name")
+    return found
+
+
+def add_rgb_gap(rows: list[dict], reference: str) -> None:
+    """``rgb_gap`` = the reference run's full-channel accuracy − each run's (the cost of robustness)."""
+    ref = _find(rows, reference, "--reference")
+    for r in rows:
+        r["rgb_gap"] = ref["acc"][ref["full"]] - r["acc"].get(r["full"], float("nan"))
 
 
 def add_deltas(rows: list[dict], baseline: str) -> None:
     """Δ columns (this run − baseline) for mean, worst and full-channel accuracy."""
-    base = next((r for r in rows if r["run_id"].startswith(baseline) or r["run"] == baseline), None)
-    if base is None:
-        raise DynconvError(f"--baseline {baseline!r} is not among the compared runs: give its run id or name")
+    base = _find(rows, baseline, "--baseline")
     for r in rows:
         r["d_mean"] = r["mean_subset_acc"] - base["mean_subset_acc"]
         r["d_worst"] = r["worst_subset_acc"] - base["worst_subset_acc"]
@@ -108,6 +120,8 @@ def _columns(rows: list[dict]) -> list[str]:
         subsets += [s for s in r["acc"] if s not in subsets]
     cols = [c for c in INFO_COLUMNS if c != "run_id"] + [f"acc_{s}" for s in subsets]
     cols += ["mean_subset_acc", "worst_subset_acc", "f1"]
+    if "rgb_gap" in rows[0]:
+        cols.append("rgb_gap")
     if "d_mean" in rows[0]:
         cols += ["d_mean", "d_worst", "d_full"]
     return cols
@@ -118,7 +132,7 @@ def _cell(r: dict, col: str, pretty: bool):
     if not pretty or v is None:
         return v
     if isinstance(v, float):
-        return f"{100 * v:+.1f}" if col.startswith("d_") else f"{100 * v:.1f}"
+        return f"{100 * v:+.1f}" if col.startswith("d_") or col == "rgb_gap" else f"{100 * v:.1f}"
     if col == "macs":
         return f"{v / 1e6:.1f}M"
     return str(v)
@@ -171,9 +185,11 @@ def tracking_uri(uri: str | None) -> str:
 
 
 def run_compare(uri: str | None, experiments, run_ids, filter_string: str, sort: str, fmt: str | None,
-                plot: str | None, baseline: str | None, log_to: str | None) -> str:
+                plot: str | None, baseline: str | None, log_to: str | None, reference: str | None = None) -> str:
     uri = tracking_uri(uri)
     rows, client = collect_rows(uri, experiments, run_ids, filter_string)
+    if reference:
+        add_rgb_gap(rows, reference)
     rows = sort_rows(rows, sort)
     if baseline:
         add_deltas(rows, baseline)

@@ -84,6 +84,15 @@ def test_runs_logged_through_server_compare_in_every_format(server, logged, caps
         assert run_cli("compare", "--tracking-uri", server.url, "--format", fmt) == 0
         out = capsys.readouterr().out
         assert marker in out and all(n in out for n in ("dyn0", "dyn1", "plain"))
+    assert run_cli("compare", "--tracking-uri", server.url, "--format", "json", "--reference", "plain") == 0
+    gaps = {r["run"]: r["rgb_gap"] for r in json.loads(capsys.readouterr().out)}
+    plain = next(r for r in rows if r["run"] == "plain")["acc"]["RGB"]
+    assert gaps["plain"] == 0 and gaps["dyn0"] == pytest.approx(plain - next(r for r in rows if r["run"] == "dyn0")["acc"]["RGB"])
+    from launch.compare import collect_rows, plot_rows
+
+    collected, client = collect_rows(server.url, ["srv"])
+    png = plot_rows(collected, client, server.root / "cmp.png")
+    assert png["series"] == {"bars": 3, "scatter": 3, "curves": 3} and png["path"].stat().st_size > 10_000
     # artifacts went through the server's proxy into its artifact folder
     assert list((server.root / "artifacts").rglob("eval.json"))
 
