@@ -1,31 +1,88 @@
 """Channel-dropout schedules: pure functions of (seed, epoch, step) -> kept channel indices.
 
-Because the choice depends only on those three numbers, a resumed run reproduces it, and every DDP
-rank picks the same subset for the same step.
+Because the choice depends only on those numbers, a resumed run reproduces it exactly, and every DDP rank
+draws the same subset for the same step (so gradient buckets match).
+
+Base distributions over the non-empty subsets (``kind``):
+
+* ``none`` — always every channel;
+* ``constant`` — each channel is dropped independently with probability ``p``; an empty draw is redrawn;
+* ``uniform_subsets`` — uniform over the ``2**C - 1`` subsets (the original study);
+* ``weighted_subsets`` — ``weights[name]`` per subset name (e.g. ``{"RGB": 2, "R": 1}``; unnamed: 0).
+
+Curricula (``curriculum``) start from full input and move to the base distribution over ``ramp_epochs``:
+``P_e = (1 - a(e)) · δ_full + a(e) · P_base`` with ``a`` rising linearly, along a half cosine, or in
+``steps`` equal steps, from 0 at epoch 1 to 1 at epoch ``ramp_epochs`` (and 1 afterwards).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .channels import Subset, all_subsets
+from .channels import Subset, all_subsets, subset_name
 from .errors import DynconvError
 
-SCHEDULES = ("none", "uniform_subsets")
+SCHEDULES = ("none", "constant", "uniform_subsets", "weighted_subsets")
+CURRICULA = ("none", "linear", "cosine", "step")
 
 
 class ChannelDropout:
-    """``none`` keeps every channel; ``uniform_subsets`` (the study's) draws uniformly among the
-    ``2**C - 1`` non-empty subsets for each batch."""
-
-    def __init__(self, kind: str, num_channels: int, seed: int = 0):
+    def __init__(self, kind: str, num_channels: int, seed: int = 0, p: float = 0.5,
+                 weights: dict[str, float] | None = None, curriculum: str = "none", ramp_epochs: int = 1,
+                 steps: int = 4, channels: str | None = None):
         if kind not in SCHEDULES:
             raise DynconvError(f"unknown channel-dropout schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
-        self.kind, self.seed = kind, seed
-        self.full: Subset = tuple(range(num_channels))
+        if curriculum not in CURRICULA:
+            raise DynconvError(f"unknown dropout curriculum {curriculum!r}: choose one of {', '.join(CURRICULA)}")
+        if not 0 <= p < 1:
+            raise DynconvError(f"dropout.p must be in [0, 1), got {p}")
+        self.kind, self.seed, self.p = kind, seed, p
+        self.curriculum, self.ramp_epochs, self.steps = curriculum, max(1, ramp_epochs), max(1, steps)
         self.subsets = all_subsets(num_channels)
+        self.full: Subset = self.subsets[0]
+        names = channels or "".join(chr(ord("A") + i) for i in range(num_channels))
+        self.base = self._base_probs(names, weights or {})
+
+    def _base_probs(self, names: str, weights: dict[str, float]) -> np.ndarray:
+        n = len(self.subsets)
+        if self.kind == "none":
+            probs = np.eye(n)[0]
+        elif self.kind == "uniform_subsets":
+            probs = np.full(n, 1.0 / n)
+        elif self.kind == "constant":  # independent keep probability 1-p per channel, conditioned on non-empty
+            keep = 1 - self.p
+            probs = np.array([keep ** len(s) * self.p ** (len(names) - len(s)) for s in self.subsets])
+        else:
+            known = {subset_name(s, names) for s in self.subsets}
+            bad = sorted(set(weights) - known)
+            if bad or not weights:
+                raise DynconvError(f"dropout.weights needs subset names of {names!r} (e.g. {{RGB: 2, R: 1}}); "
+                                   f"unknown: {', '.join(bad) or 'none given'}")
+            probs = np.array([float(weights.get(subset_name(s, names), 0.0)) for s in self.subsets])
+            if (probs < 0).any() or probs.sum() <= 0:
+                raise DynconvError("dropout.weights must be non-negative with a positive sum")
+        return probs / probs.sum()
+
+    def ramp(self, epoch: int) -> float:
+        """Curriculum progress a(epoch) in [0, 1] (epochs count from 1)."""
+        if self.curriculum == "none":
+            return 1.0
+        t = min(1.0, max(0.0, (epoch - 1) / max(1, self.ramp_epochs - 1))) if self.ramp_epochs > 1 else 1.0
+        if self.curriculum == "linear":
+            return t
+        if self.curriculum == "cosine":
+            return (1 - math.cos(math.pi * t)) / 2
+        return math.floor(t * self.steps + 1e-9) / self.steps
+
+    def probabilities(self, epoch: int) -> np.ndarray:
+        """Probability of each subset (in :func:`all_subsets` order) at ``epoch``."""
+        a = self.ramp(epoch)
+        full = np.eye(len(self.subsets))[0]
+        return (1 - a) * full + a * self.base
 
     def __call__(self, epoch: int, step: int) -> Subset:
         if self.kind == "none":
             return self.full
         rng = np.random.default_rng([self.seed, epoch, step])
-        return self.subsets[int(rng.integers(len(self.subsets)))]
+        return self.subsets[int(rng.choice(len(self.subsets), p=self.probabilities(epoch)))]

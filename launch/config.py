@@ -34,6 +34,9 @@ class DataConfig(_Section):
     channels: str = "RGB"
     backend: Literal["auto", "ffcv", "torchvision"] = "auto"
     strict: bool = False
+    os_cache: bool = True          # FFCV: rely on the OS page cache (False: FFCV's own in-memory cache)
+    order: Literal["random", "quasi_random"] = "random"  # training order; quasi_random: FFCV, larger-than-RAM
+    drop_last: bool = True         # training: drop the last partial batch
     mean: list[float] | None = None
     std: list[float] | None = None
     augment: AugmentConfig = AugmentConfig()
@@ -68,7 +71,12 @@ class TrainConfig(_Section):
 
 
 class DropoutConfig(_Section):
-    kind: Literal["none", "uniform_subsets"] = "uniform_subsets"
+    kind: Literal["none", "constant", "uniform_subsets", "weighted_subsets"] = "uniform_subsets"
+    p: float = Field(0.5, ge=0, lt=1)              # constant: drop probability per channel
+    weights: dict[str, float] = {}                  # weighted_subsets: weight per subset name, e.g. {RGB: 2, R: 1}
+    curriculum: Literal["none", "linear", "cosine", "step"] = "none"
+    ramp_epochs: int = Field(1, ge=1)               # curriculum: epochs from full input to the base distribution
+    steps: int = Field(4, ge=1)                     # curriculum=step: number of steps
 
 
 class EvalConfig(_Section):

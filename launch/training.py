@@ -64,6 +64,9 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
             raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
     channels = validate_channels(cfg.data.channels)
     parse_subsets(cfg.eval.subsets, channels)  # bad letters fail before any work starts
+    dropout = ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed, p=cfg.dropout.p,
+                             weights=cfg.dropout.weights, curriculum=cfg.dropout.curriculum,
+                             ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
     mean, std = _stats(cfg)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
@@ -71,9 +74,13 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
     d = cfg.data
     train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size,
                              num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
-                             strict=d.strict)
+                             strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last)
     val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
                            num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict)
+    for src, key in ((train_src, "data.train"), (val_src, "data.val")):
+        if src.num_channels != len(channels):
+            raise DynconvError(f"{key} has {src.num_channels}-channel images but data.channels={channels!r} names "
+                               f"{len(channels)}: set data.channels to {src.num_channels} letters (e.g. 'RGBUV')")
     check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
     check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
 
@@ -113,7 +120,7 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         epochs=cfg.train.epochs, device=device,
         train_transform=BatchTransform(mean, std, device, augment, seed=cfg.train.seed),
         eval_transform=BatchTransform(mean, std, device),
-        dropout=ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed),
+        dropout=dropout,
         run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
         keep_checkpoints=cfg.train.keep_checkpoints, hooks=[tracker] if tracker else [], log=log)
     def recalibrate(m) -> None:

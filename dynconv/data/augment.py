@@ -74,37 +74,42 @@ def sample(n: int, p: AugmentParams, generator: torch.Generator) -> Draw:
 def warp(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """Resample float NCHW ``images`` through per-sample maps (output → input coords); zeros outside."""
     n, _, h, w = images.shape
-    ys = (torch.arange(h, device=images.device, dtype=torch.float64) * 2 + 1) / h - 1
-    xs = (torch.arange(w, device=images.device, dtype=torch.float64) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=images.device, dtype=torch.float32) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=images.device, dtype=torch.float32) * 2 + 1) / w - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, h * w, 3)
-    src = pts @ maps.to(images.device).transpose(1, 2)
-    grid = (src[..., :2] / src[..., 2:]).view(n, h, w, 2).to(images.dtype)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    pts = torch.stack([gx.flatten(), gy.flatten(), torch.ones_like(gx.flatten())])  # 3 × HW, shared
+    src = maps.to(images.device, torch.float32) @ pts  # N × 3 × HW: one GEMM per sample
+    grid = (src[:, :2] / src[:, 2:]).transpose(1, 2).reshape(n, h, w, 2).to(images.dtype)
+    return F.grid_sample(images.contiguous(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def apply(images: torch.Tensor, draw: Draw) -> torch.Tensor:
-    """Flip exactly, then rotate/distort; ``images`` is a float NCHW batch on any device."""
+    """Flip, rotate and distort a float NCHW batch on any device. Without rotation/perspective the flips
+    are exact index reversals; with them, the flips are folded into the one resampling map."""
+    if draw.maps is not None:
+        flips = torch.diag_embed(torch.stack([1.0 - 2.0 * draw.hflip.double(), 1.0 - 2.0 * draw.vflip.double(),
+                                              torch.ones(len(draw.hflip), dtype=torch.float64)], 1))
+        return warp(images, draw.maps @ flips)
     dev = images.device
     images = torch.where(draw.hflip.to(dev).view(-1, 1, 1, 1), images.flip(-1), images)
-    images = torch.where(draw.vflip.to(dev).view(-1, 1, 1, 1), images.flip(-2), images)
-    return images if draw.maps is None else warp(images, draw.maps)
+    return torch.where(draw.vflip.to(dev).view(-1, 1, 1, 1), images.flip(-2), images)
 
 
 class BatchTransform:
     """uint8 batch → augmented (training only), normalised float batch on ``device``."""
 
     def __init__(self, mean, std, device: torch.device, augment: AugmentParams | None = None, seed: int = 0):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)  # (x/255 - mean)/std == x·scale - shift, one fused pass
+        self.shift = torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
         self.device, self.augment, self.seed = device, augment, seed
 
     def __call__(self, images: torch.Tensor, epoch: int = 0, step: int = 0) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255)
+        x = images.to(self.device, non_blocking=True).float()
         if self.augment is not None and not self.augment.is_identity:
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, step]).generate_state(1)[0]))
-            x = apply(x, sample(x.shape[0], self.augment, gen))
-        return (x - self.mean) / self.std
+            x = apply(x, sample(x.shape[0], self.augment, gen))  # on raw pixels: outside = black, as torchvision
+        return torch.addcmul(-self.shift, x, self.scale)
 
 
 def default_stats(channels: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

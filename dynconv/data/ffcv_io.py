@@ -9,22 +9,25 @@ import numpy as np
 import torch
 
 from ..errors import DynconvError
-from .folder import FolderIndex, load_rgb
+from .folder import FolderIndex, is_array_file, load_rgb, load_sample, square_resize
 
 BETON_FIELDS = ("image", "label")
 
 
 class _FolderForWriter:
-    """Indexed dataset for ``DatasetWriter``: (HWC uint8 RGB array, label) pairs."""
+    """Indexed dataset for ``DatasetWriter``: (HWC uint8 RGB image, label) pairs, or for N-channel arrays
+    (C×S×S uint8 array, label) with every array centre-cropped and resized to ``max_side``."""
 
-    def __init__(self, index: FolderIndex, max_side: int | None):
-        self.index, self.max_side = index, max_side
+    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool):
+        self.index, self.max_side, self.arrays = index, max_side, arrays
 
     def __len__(self) -> int:
         return len(self.index.samples)
 
     def __getitem__(self, i: int):
         path, label = self.index.samples[i]
+        if self.arrays:
+            return square_resize(load_sample(path), self.max_side).numpy(), label
         img = load_rgb(path)
         if self.max_side and max(img.size) > self.max_side:
             img.thumbnail((self.max_side, self.max_side))
@@ -42,21 +45,36 @@ def write_beton(index: FolderIndex, out: str | Path, max_side: int = 256, jpeg_q
     FFCV shows its own progress bar. The file is written under a temporary name and renamed into
     place when complete, so a failed conversion never leaves a half file under ``out``.
     """
-    from ffcv.fields import IntField, RGBImageField
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     out = Path(out)
     if out.suffix != ".beton":
         raise DynconvError(f"output {out} must end in .beton")
+    kinds = {is_array_file(p) for p, _ in index.samples}
+    if len(kinds) > 1:
+        raise DynconvError(f"{index.root} mixes images and .npy/.tif arrays: keep one kind per dataset")
+    arrays = kinds == {True}
+    channels = 3
+    if arrays:  # N-channel arrays: a fixed-shape uint8 field, lossless
+        channels = int(load_sample(index.samples[0][0]).shape[0])
+        bad = next((p for p, _ in index.samples if load_sample(p).shape[0] != channels), None)
+        if bad is not None:
+            raise DynconvError(f"{bad} has {load_sample(bad).shape[0]} channels, the dataset {channels}: "
+                               "give every array the same channels")
+        image_field = NDArrayField(np.dtype("uint8"), (channels, max_side, max_side))
+    else:
+        image_field = RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=jpeg_quality)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    fields = {"image": RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=jpeg_quality),
-              "label": IntField()}
+    fields = {"image": image_field, "label": IntField()}
     try:
         DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(
-            _FolderForWriter(index, max_side))
+            _FolderForWriter(index, max_side, arrays))
         meta = {"classes": index.classes, "num_samples": len(index.samples), "source": str(index.root),
-                "fields": list(BETON_FIELDS), "skipped": len(index.skipped)}
+                "fields": list(BETON_FIELDS), "skipped": len(index.skipped),
+                "image_kind": "ndarray" if arrays else "rgb", "channels": channels,
+                "size": max_side if arrays else None}
         side_tmp = sidecar_path(tmp)
         side_tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, out)
@@ -73,9 +91,11 @@ def read_beton_meta(path: Path) -> dict:
 
 
 def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, shuffle: bool,
-                seed: int, drop_last: bool, os_cache: bool = True):
-    """An FFCV ``Loader`` yielding ``(uint8 NCHW images, int64 labels)`` on the CPU."""
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+                seed: int, drop_last: bool, os_cache: bool = True, quasi_random: bool = False,
+                distributed: bool = False, arrays: bool = False):
+    """An FFCV ``Loader`` yielding ``(uint8 NCHW images, labels)`` on the CPU. RGB images are decoded and
+    resized by FFCV; N-channel arrays come back at their stored size (the caller resizes)."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
@@ -87,11 +107,13 @@ def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, 
         raise DynconvError(f"{path} is not a readable FFCV .beton file ({e.__class__.__name__}): re-create it with 'dynconv convert'") from None
     if not set(BETON_FIELDS) <= names:
         raise DynconvError(f"{path} has fields {sorted(names)}, expected {list(BETON_FIELDS)}: re-create it with 'dynconv convert'")
-    pipelines = {
-        "image": [CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0), ToTensor(), ToTorchImage()],
-        "label": [IntDecoder(), ToTensor(), Squeeze(1)],
-    }
+    image = ([NDArrayDecoder(), ToTensor()] if arrays else
+             [CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0), ToTensor(), ToTorchImage()])
+    pipelines = {"image": image, "label": [IntDecoder(), ToTensor(), Squeeze(1)]}
+    order = OrderOption.SEQUENTIAL
+    if shuffle:  # FFCV's quasi-random order does not support distributed=True: use random there
+        order = OrderOption.QUASI_RANDOM if quasi_random and not distributed else OrderOption.RANDOM
     return Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
-                  order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
-                  pipelines=pipelines, drop_last=drop_last and reader.num_samples >= batch_size)
+                  order=order, seed=seed, pipelines=pipelines, distributed=distributed,
+                  drop_last=drop_last and reader.num_samples >= batch_size)
 

@@ -30,8 +30,40 @@ class FolderIndex:
         return f"skipped {len(self.skipped)} unreadable file(s) under {self.root}: {first}{more}"
 
 
+ARRAY_SUFFIXES = (".npy", ".tif", ".tiff")  # N-channel images: H×W×C uint8 arrays
+
+
+def is_array_file(path: Path) -> bool:
+    return path.suffix.lower() in ARRAY_SUFFIXES
+
+
+def load_array(path: Path) -> np.ndarray:
+    """An H×W×C uint8 array from ``.npy`` or a TIFF stack (C×H×W stacks are transposed; 2-D gets C=1)."""
+    if path.suffix.lower() == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    else:
+        import tifffile
+
+        arr = tifffile.imread(path)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected an H×W×C array, got shape {arr.shape}")
+    if arr.shape[0] < min(arr.shape[1:]) and arr.shape[0] <= 16 and arr.shape[-1] > 16:  # C×H×W stack
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 values, got {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
 def _check_image(path: Path) -> str | None:
-    """``None`` if ``path`` opens as an image, else a short reason."""
+    """``None`` if ``path`` opens as an image (or an N-channel array), else a short reason."""
+    if is_array_file(path):
+        try:
+            load_array(path)
+            return None
+        except Exception as e:  # numpy and tifffile raise many types for foreign or truncated files
+            return f"not a readable uint8 array: {str(e).splitlines()[0][:60]}"
     try:
         with Image.open(path) as im:
             im.verify()
@@ -81,6 +113,17 @@ def load_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def load_sample(path: Path) -> torch.Tensor:
+    """uint8 C×H×W: N-channel arrays as stored, other images as RGB."""
+    arr = load_array(path) if is_array_file(path) else np.array(load_rgb(path))
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def num_channels(index: FolderIndex) -> int:
+    """Channels of the dataset (of its first sample); every array must agree."""
+    return int(load_sample(index.samples[0][0]).shape[0])
+
+
 def square_resize(img: torch.Tensor, size: int) -> torch.Tensor:
     """Centre-crop to a square of the short side, then resize to ``size``×``size`` (uint8 CHW).
 
@@ -106,5 +149,4 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.index.samples[i]
-        img = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
-        return square_resize(img, self.image_size), label
+        return square_resize(load_sample(path), self.image_size), label

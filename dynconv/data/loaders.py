@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from ..errors import DynconvError
-from .folder import ImageFolderDataset, scan_image_folder
+from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_resize
 
 BACKENDS = ("auto", "ffcv", "torchvision")
 
@@ -27,7 +27,9 @@ class DataSource:
     classes: list[str] | None
     num_samples: int
     backend: str
+    num_channels: int = 3
     skipped: int = 0
+    image_size: int | None = None  # resize batches to this size when the stored size differs (arrays)
     _sampler_gen: torch.Generator | None = None
     _seed: int = 0
 
@@ -35,7 +37,11 @@ class DataSource:
         """Iterate one epoch; shuffling depends only on (seed, epoch)."""
         if self._sampler_gen is not None:
             self._sampler_gen.manual_seed(self._seed + epoch)
+        if hasattr(self.batches, "next_epoch"):  # FFCV: its random order is seeded by (seed, epoch)
+            self.batches.next_epoch = epoch
         for x, y in self.batches:
+            if self.image_size and x.shape[-1] != self.image_size:
+                x = square_resize(x, self.image_size)
             yield x, y.long().view(-1)
 
     def __len__(self) -> int:
@@ -43,8 +49,13 @@ class DataSource:
 
 
 def build_source(path: str | Path, *, image_size: int, batch_size: int, num_workers: int = 2,
-                 train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False) -> DataSource:
-    """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files."""
+                 train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False,
+                 os_cache: bool = True, order: str = "random", drop_last: bool = True,
+                 distributed: bool = False) -> DataSource:
+    """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files.
+
+    Training sources shuffle (``order``: ``random``, or FFCV's ``quasi_random`` for datasets larger than
+    memory) and drop the last partial batch when ``drop_last``; evaluation sources are sequential."""
     path = Path(path)
     if backend not in BACKENDS:
         raise DynconvError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -57,9 +68,12 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
         from . import ffcv_io
 
         meta = ffcv_io.read_beton_meta(path)
+        arrays = meta.get("image_kind") == "ndarray"
         loader = ffcv_io.ffcv_loader(path, image_size, batch_size, num_workers, shuffle=train, seed=seed,
-                                     drop_last=train)
-        return DataSource(loader, meta.get("classes"), int(loader.reader.num_samples), "ffcv", meta.get("skipped", 0))
+                                     drop_last=train and drop_last, os_cache=os_cache,
+                                     quasi_random=order == "quasi_random", distributed=distributed, arrays=arrays)
+        return DataSource(loader, meta.get("classes"), int(loader.reader.num_samples), "ffcv",
+                          int(meta.get("channels", 3)), meta.get("skipped", 0), image_size if arrays else None)
     if backend == "ffcv":
         raise DynconvError(f"{path} is not a .beton file: convert it with 'dynconv convert {path} OUT.beton' or use data.backend=auto")
     index = scan_image_folder(path, strict=strict)
@@ -67,5 +81,7 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
     gen = torch.Generator().manual_seed(seed) if train else None
     sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        drop_last=train and len(dataset) >= batch_size, persistent_workers=num_workers > 0)
-    return DataSource(loader, index.classes, len(dataset), "torchvision", len(index.skipped), gen, seed)
+                        drop_last=train and drop_last and len(dataset) >= batch_size,
+                        persistent_workers=num_workers > 0)
+    return DataSource(loader, index.classes, len(dataset), "torchvision", num_channels(index), len(index.skipped),
+                      None, gen, seed)
