@@ -68,6 +68,7 @@ class TrainConfig(_Section):
     device: str = "auto"
     resume: str | None = None
     keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(0, ge=0)  # NaN/Inf losses to skip before stopping (0: stop at the first)
 
 
 class DropoutConfig(_Section):

@@ -122,7 +122,7 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         eval_transform=BatchTransform(mean, std, device),
         dropout=dropout,
         run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
-        keep_checkpoints=cfg.train.keep_checkpoints, hooks=[tracker] if tracker else [], log=log)
+        keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps, hooks=[tracker] if tracker else [], log=log)
     def recalibrate(m) -> None:
         n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
                                   cfg.model.calibration_batches)

@@ -156,3 +156,15 @@ def test_error_empty_class_folder_and_strict(tiny_data, tmp_path):
     (root / "zz_empty").mkdir()
     _assert_one_line_error(_cli("convert", root, tmp_path / "y.beton"), "has no readable images")
     assert not (tmp_path / "y.beton").exists()
+
+
+def test_diverging_loss_stops_with_one_line_and_keeps_checkpoints(tiny_data, tmp_path):
+    run_dir = tmp_path / "nan"
+    proc = _cli(*_train_args(tiny_data, run_dir, "train.epochs=2", "train.lr=1e30", "train.momentum=0",
+                             "tracking.enabled=false"))
+    _assert_one_line_error(proc, "training stopped: the loss was")
+    assert "train.max_bad_steps" in proc.stderr
+    assert not (run_dir / "model.pt").exists()  # no final model from a diverged run
+    skipping = _cli(*_train_args(tiny_data, tmp_path / "skip", "train.epochs=1", "train.lr=1e30",
+                                 "train.momentum=0", "tracking.enabled=false", "train.max_bad_steps=1000"))
+    assert "skipped a non-finite loss" in skipping.stdout

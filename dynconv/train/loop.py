@@ -14,8 +14,13 @@ from tqdm.auto import tqdm
 from ..channel_select import forward_subset
 from ..data.loaders import DataSource
 from ..dropout import ChannelDropout
+from ..errors import DynconvError
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .hooks import Hook
+
+
+class TrainingDiverged(DynconvError):
+    """The loss became NaN/Inf more often than ``max_bad_steps`` allows."""
 
 
 @dataclass
@@ -31,8 +36,10 @@ class FitSpec:
     manifest: dict              # written into every checkpoint (model name/kwargs, channels, ...)
     label_smoothing: float = 0.0
     keep_checkpoints: int = 2
+    max_bad_steps: int = 0      # non-finite losses tolerated (their updates skipped) before training stops
     hooks: Sequence[Hook] = field(default_factory=tuple)
     log: Callable[[str], None] = print
+    bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
 
 def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSpec, epoch: int) -> dict[str, float]:
@@ -45,9 +52,20 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
     for step, (images, labels) in enumerate(bar):
         x = spec.train_transform(images, epoch, step)
         y = labels.to(spec.device, non_blocking=True)
-        logits = forward_subset(model, x, spec.dropout(epoch, step))
+        subset = spec.dropout(epoch, step)
+        logits = forward_subset(model, x, subset)
         loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            spec.bad_steps += 1
+            where = f"epoch {epoch} step {step} (channels {subset}, {y.shape[0]} images)"
+            if spec.bad_steps > spec.max_bad_steps:
+                raise TrainingDiverged(f"training stopped: the loss was {loss.item()} at {where}, "
+                                       f"{spec.bad_steps} non-finite step(s) in all; checkpoints in "
+                                       f"{spec.run_dir / 'checkpoints'} are intact: lower train.lr, or allow "
+                                       f"skipping with train.max_bad_steps")
+            spec.log(f"skipped a non-finite loss ({loss.item()}) at {where} [{spec.bad_steps}/{spec.max_bad_steps}]")
+            continue
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * y.shape[0]
@@ -56,11 +74,9 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     if seen == 0:
-        raise RuntimeError("the training loader produced no batches (dataset smaller than one batch?)")
-    loss_value = loss_sum.item() / seen
-    if not torch.isfinite(torch.tensor(loss_value)):
-        raise FloatingPointError(f"training loss became {loss_value} in epoch {epoch}: lower train.lr")
-    return {"train_loss": loss_value, "train_acc": correct.item() / seen}
+        raise DynconvError(f"epoch {epoch} trained on no batch (dataset smaller than train.batch_size, or every "
+                           "step skipped): lower train.batch_size or set data.drop_last=false")
+    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
 
 
 @torch.no_grad()
