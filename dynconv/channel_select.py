@@ -9,7 +9,7 @@ from .channels import Subset
 
 def is_channel_adaptive(model: nn.Module) -> bool:
     """True when the model's first layer accepts a varying set of input channels."""
-    return bool(getattr(model, "channel_adaptive", False))
+    return bool(getattr(getattr(model, "module", model), "channel_adaptive", False))  # DDP wraps the model
 
 
 def select_channels(x: torch.Tensor, subset: Subset, adaptive: bool) -> torch.Tensor:

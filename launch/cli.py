@@ -47,12 +47,24 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _launch_local(a.nproc, ["train", "--config", a.config, *a.overrides])
     from .config import load_config
     from .training import run_training
 
     result = run_training(load_config(a.config, a.overrides))
-    _print_result(result)
+    if result["report"] is not None:  # the main process reports
+        _print_result(result)
     return 0
+
+
+def _launch_local(nproc: int, argv: list[str]) -> int:
+    """Start ``nproc`` local processes of ``dynconv ARGV`` with torch's elastic launcher (torchrun)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "launch.cli", *argv]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
 
 
 def _print_result(result: dict) -> None:
@@ -228,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a YAML config, then evaluate every channel subset")
     t.add_argument("--config", required=True)
+    t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this node (torchrun)")
     t.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     t.set_defaults(func=cmd_train)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dynconv.channel_select import is_channel_adaptive
 from dynconv.calibration import calibrate_from_source
@@ -17,6 +18,7 @@ from dynconv.fileio import atomic_write_text
 from dynconv.models import create_model
 from dynconv.train import FitSpec, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
 from dynconv.train.checkpoint import make_manifest
+from dynconv.train.distributed import barrier, init_distributed, unwrap
 
 from .config import Config, dump_yaml, flatten
 from .evaluation import check_classes, evaluate_model, resolve_device
@@ -57,6 +59,10 @@ def _resume_checkpoint(cfg: Config, run_dir: Path) -> dict | None:
     return ckpt
 
 
+def _quiet(_message: str) -> None:
+    """Log sink of the non-main data-parallel processes."""
+
+
 def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
     """Train, evaluate every configured subset, log everything; returns a summary dict."""
     for key in ("train", "val"):
@@ -69,12 +75,18 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
                              ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
     mean, std = _stats(cfg)
     device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
+    dist_info = init_distributed(device.type == "cuda")
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    if not dist_info.is_main:
+        log = _quiet
+    seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights and subsets
 
     d = cfg.data
     train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size,
                              num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
-                             strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last)
+                             strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last,
+                             rank=dist_info.rank, world=dist_info.world)
     val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
                            num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict)
     for src, key in ((train_src, "data.train"), (val_src, "data.val")):
@@ -96,6 +108,7 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
 
     run_dir = Path(cfg.run.dir)
     ckpt = _resume_checkpoint(cfg, run_dir)
+    barrier()  # every process has checked run.dir before the main one writes to it
     start_epoch = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -103,11 +116,18 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = int(ckpt["epoch"])
         log(f"resuming from epoch {start_epoch}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    if dist_info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        log(f"data-parallel over {dist_info.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+            f"{cfg.train.batch_size // dist_info.world} images per process per step")
+    config_file = None
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
 
     tracker = None
-    if cfg.tracking.enabled:
+    if cfg.tracking.enabled and dist_info.is_main:
         uri = cfg.tracking.uri or default_tracking_uri(run_dir)
         tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
                                 params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
@@ -122,16 +142,22 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         eval_transform=BatchTransform(mean, std, device),
         dropout=dropout,
         run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
-        keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps, hooks=[tracker] if tracker else [], log=log)
+        keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
+        hooks=[tracker] if tracker else [], log=log, is_main=dist_info.is_main)
+
     def recalibrate(m) -> None:
         n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
                                   cfg.model.calibration_batches)
-        log(f"re-estimated BatchNorm statistics for {2 ** len(channels) - 1} subsets from {n} training images each")
+        log(f"re-estimated BatchNorm statistics for {2 ** len(channels) - 1} subsets from {n * dist_info.world} "
+            "training images each")
 
     try:
         final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch,
                     before_final=recalibrate if cfg.model.norm == "recalibrate" else None)
-        report = evaluate_model(model, manifest, val_src, cfg.eval.subsets, device)
+        if not dist_info.is_main:
+            return {"run_dir": str(run_dir), "checkpoint": str(final), "report": None, "run_id": None,
+                    "tracking_uri": None, "rank": dist_info.rank}
+        report = evaluate_model(unwrap(model), manifest, val_src, cfg.eval.subsets, device)
         report["checkpoint"] = str(final)
         files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")
         if tracker:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from ..errors import DynconvError
 from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_resize
@@ -48,14 +48,41 @@ class DataSource:
         return len(self.batches)  # type: ignore[arg-type]
 
 
+class ShardedBatchSampler(Sampler):
+    """Data-parallel batches: the same global batches a single process would draw (one permutation from
+    the seeded generator), each rank taking its contiguous share — so N ranks with batch B/N together see
+    exactly the batches one process with batch B sees."""
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, generator: torch.Generator,
+                 drop_last: bool):
+        if global_batch % world:
+            raise DynconvError(f"train.batch_size={global_batch} must be divisible by the {world} processes")
+        self.n, self.batch, self.rank, self.world, self.gen = n, global_batch, rank, world, generator
+        self.drop_last = drop_last and n >= global_batch
+
+    def __len__(self) -> int:
+        return self.n // self.batch if self.drop_last else -(-self.n // self.batch)
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.gen).tolist()
+        share = self.batch // self.world
+        for k in range(len(self)):
+            batch = perm[k * self.batch:(k + 1) * self.batch]
+            mine = batch[self.rank * share:(self.rank + 1) * share]
+            if mine:
+                yield mine
+
+
 def build_source(path: str | Path, *, image_size: int, batch_size: int, num_workers: int = 2,
                  train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False,
                  os_cache: bool = True, order: str = "random", drop_last: bool = True,
-                 distributed: bool = False) -> DataSource:
+                 rank: int = 0, world: int = 1) -> DataSource:
     """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files.
 
     Training sources shuffle (``order``: ``random``, or FFCV's ``quasi_random`` for datasets larger than
-    memory) and drop the last partial batch when ``drop_last``; evaluation sources are sequential."""
+    memory) and drop the last partial batch when ``drop_last``; evaluation sources are sequential.
+    With ``world > 1`` a training source yields this rank's share of each global batch of ``batch_size``."""
+    distributed = train and world > 1
     path = Path(path)
     if backend not in BACKENDS:
         raise DynconvError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -69,7 +96,8 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
 
         meta = ffcv_io.read_beton_meta(path)
         arrays = meta.get("image_kind") == "ndarray"
-        loader = ffcv_io.ffcv_loader(path, image_size, batch_size, num_workers, shuffle=train, seed=seed,
+        per_rank = batch_size // world if distributed else batch_size
+        loader = ffcv_io.ffcv_loader(path, image_size, per_rank, num_workers, shuffle=train, seed=seed,
                                      drop_last=train and drop_last, os_cache=os_cache,
                                      quasi_random=order == "quasi_random", distributed=distributed, arrays=arrays)
         return DataSource(loader, meta.get("classes"), int(loader.reader.num_samples), "ffcv",
@@ -79,9 +107,14 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
     index = scan_image_folder(path, strict=strict)
     dataset = ImageFolderDataset(index, image_size)
     gen = torch.Generator().manual_seed(seed) if train else None
-    sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        drop_last=train and drop_last and len(dataset) >= batch_size,
-                        persistent_workers=num_workers > 0)
+    if distributed:
+        loader = DataLoader(dataset, batch_sampler=ShardedBatchSampler(len(dataset), batch_size, rank, world, gen,
+                                                                       drop_last),
+                            num_workers=num_workers, persistent_workers=num_workers > 0)
+    else:
+        sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                            drop_last=train and drop_last and len(dataset) >= batch_size,
+                            persistent_workers=num_workers > 0)
     return DataSource(loader, index.classes, len(dataset), "torchvision", num_channels(index), len(index.skipped),
                       None, gen, seed)

@@ -16,6 +16,7 @@ from ..data.loaders import DataSource
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
+from .distributed import all_reduce_sum, barrier, unwrap
 from .hooks import Hook
 
 
@@ -37,6 +38,7 @@ class FitSpec:
     label_smoothing: float = 0.0
     keep_checkpoints: int = 2
     max_bad_steps: int = 0      # non-finite losses tolerated (their updates skipped) before training stops
+    is_main: bool = True        # data-parallel: only the main process validates, checkpoints and calls hooks
     hooks: Sequence[Hook] = field(default_factory=tuple)
     log: Callable[[str], None] = print
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
@@ -46,7 +48,7 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
     model.train()
     loss_sum = torch.zeros((), device=spec.device)
     correct = torch.zeros((), device=spec.device, dtype=torch.long)
-    seen = 0
+    seen = torch.zeros((), device=spec.device, dtype=torch.long)
     bar = tqdm(source.epoch(epoch), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
                disable=None, unit="batch")
     for step, (images, labels) in enumerate(bar):
@@ -73,15 +75,18 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
         seen += y.shape[0]
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    if seen == 0:
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), seen.double()]))
+    loss_total, correct_total, seen_total = totals.tolist()  # summed over data-parallel processes
+    if seen_total == 0:
         raise DynconvError(f"epoch {epoch} trained on no batch (dataset smaller than train.batch_size, or every "
                            "step skipped): lower train.batch_size or set data.drop_last=false")
-    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+    return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: torch.device) -> float:
     """Top-1 accuracy with every channel present."""
+    model = unwrap(model)
     model.eval()
     correct = seen = 0
     for images, labels in source.epoch(0):
@@ -97,7 +102,8 @@ def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, 
 
     ``before_final(model)`` runs after the last epoch and before the final checkpoint is written (e.g.
     per-subset BatchNorm re-estimation)."""
-    for h in spec.hooks:
+    hooks = spec.hooks if spec.is_main else []
+    for h in hooks:
         h.on_fit_start({"train_samples": train.num_samples, "val_samples": val.num_samples if val else 0,
                         "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
     for epoch in range(start_epoch + 1, spec.epochs + 1):
@@ -105,22 +111,26 @@ def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, 
         metrics = train_one_epoch(model, train, optimizer, spec, epoch)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        if not spec.is_main:
+            continue
         if val is not None:
             metrics["val_acc"] = accuracy(model, val, spec.eval_transform, spec.device)
         metrics["epoch_time_s"] = time.perf_counter() - t0
         spec.log(f"epoch {epoch}/{spec.epochs}  " + "  ".join(
             f"{k} {v:.4g}" for k, v in metrics.items()))
-        path = atomic_torch_save({"dynconv": spec.manifest, "model": model.state_dict(),
+        path = atomic_torch_save({"dynconv": spec.manifest, "model": unwrap(model).state_dict(),
                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                   "epoch": epoch}, epoch_checkpoint(spec.run_dir, epoch))
         prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
-        for h in spec.hooks:
+        for h in hooks:
             h.on_epoch_end(epoch, metrics)
             h.on_checkpoint(path, epoch)
     if before_final is not None:
-        before_final(model)
-    final = atomic_torch_save({"dynconv": spec.manifest, "model": model.state_dict(), "epoch": spec.epochs},
-                              spec.run_dir / "model.pt")
-    for h in spec.hooks:
-        h.on_fit_end(final)
+        before_final(unwrap(model))  # every process: calibration synchronises statistics across them
+    final = spec.run_dir / "model.pt"
+    if spec.is_main:
+        atomic_torch_save({"dynconv": spec.manifest, "model": unwrap(model).state_dict(), "epoch": spec.epochs}, final)
+        for h in hooks:
+            h.on_fit_end(final)
+    barrier()
     return final
