@@ -68,7 +68,10 @@ class TrainConfig(_Section):
     device: str = "auto"
     resume: str | None = None
     keep_checkpoints: int = Field(2, ge=1)
-    max_bad_steps: int = Field(0, ge=0)  # NaN/Inf losses to skip before stopping (0: stop at the first)
+    max_bad_steps: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    every_steps: int = Field(0, ge=0)  # mid-epoch checkpoints every N steps (0: at epoch ends only)
+    channels_last: bool = False  # NaN/Inf losses to skip before stopping (0: stop at the first)
 
 
 class DropoutConfig(_Section):

@@ -109,13 +109,15 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
     run_dir = Path(cfg.run.dir)
     ckpt = _resume_checkpoint(cfg, run_dir)
     barrier()  # every process has checked run.dir before the main one writes to it
-    start_epoch = 0
+    start_epoch, resume = 0, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = int(ckpt["epoch"])
-        log(f"resuming from epoch {start_epoch}")
+        resume = {k: ckpt[k] for k in ("step", "partial", "scaler", "bad_steps") if ckpt.get(k) is not None}
+        where = f"epoch {start_epoch + 1} step {resume['step']}" if "step" in resume else f"epoch {start_epoch + 1}"
+        log(f"resuming at {where}")
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -143,7 +145,8 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         dropout=dropout,
         run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
         keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
-        hooks=[tracker] if tracker else [], log=log, is_main=dist_info.is_main)
+        hooks=[tracker] if tracker else [], log=log, is_main=dist_info.is_main,
+        precision=cfg.train.precision, channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps)
 
     def recalibrate(m) -> None:
         n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
@@ -153,7 +156,7 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
 
     try:
         final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch,
-                    before_final=recalibrate if cfg.model.norm == "recalibrate" else None)
+                    before_final=recalibrate if cfg.model.norm == "recalibrate" else None, resume=resume)
         if not dist_info.is_main:
             return {"run_dir": str(run_dir), "checkpoint": str(final), "report": None, "run_id": None,
                     "tracking_uri": None, "rank": dist_info.rank}

@@ -13,7 +13,8 @@ from ..errors import DynconvError
 from ..fileio import atomic_writer
 
 FORMAT_VERSION = 1
-_EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
+# epoch_0003.pt: epoch 3 complete; epoch_0003_step_000020.pt: 20 steps into epoch 3
+_CKPT_FILE = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.pt$")
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
@@ -41,15 +42,23 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
-    return run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
+def epoch_checkpoint(run_dir: Path, epoch: int, step: int | None = None) -> Path:
+    name = f"epoch_{epoch:04d}.pt" if step is None else f"epoch_{epoch:04d}_step_{step:06d}.pt"
+    return run_dir / "checkpoints" / name
+
+
+def _ordered(run_dir: str | Path) -> list[Path]:
+    """Checkpoints oldest to newest: a mid-epoch one sorts after the previous epoch, before its own end."""
+    found = []
+    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
+        if m := _CKPT_FILE.search(p.name):
+            found.append(((int(m.group(1)), int(m.group(2)) if m.group(2) else float("inf")), p))
+    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest epoch checkpoint in ``run_dir`` that loads; broken ones are skipped with a warning."""
-    folder = Path(run_dir) / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in folder.glob("epoch_*.pt") if (m := _EPOCH_FILE.search(p.name)))
-    for _, path in reversed(found):
+    """The newest checkpoint in ``run_dir`` that loads; broken ones are skipped with a warning."""
+    for path in reversed(_ordered(run_dir)):
         try:
             load_checkpoint(path)
             return path
@@ -59,9 +68,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    folder = run_dir / "checkpoints"
-    found = sorted(p for p in folder.glob("epoch_*.pt") if _EPOCH_FILE.search(p.name))
-    for path in found[:-keep] if keep > 0 else []:
+    for path in _ordered(run_dir)[:-keep] if keep > 0 else []:
         path.unlink(missing_ok=True)
 
 

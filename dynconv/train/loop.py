@@ -39,24 +39,46 @@ class FitSpec:
     keep_checkpoints: int = 2
     max_bad_steps: int = 0      # non-finite losses tolerated (their updates skipped) before training stops
     is_main: bool = True        # data-parallel: only the main process validates, checkpoints and calls hooks
+    precision: str = "fp32"     # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
+    every_steps: int = 0        # also checkpoint every this many steps within an epoch (0: epoch ends only)
+    channels_last: bool = False
     hooks: Sequence[Hook] = field(default_factory=tuple)
     log: Callable[[str], None] = print
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
 
-def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSpec, epoch: int) -> dict[str, float]:
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSpec, epoch: int,
+                    scaler: torch.amp.GradScaler | None = None, start_step: int = 0, partial: dict | None = None,
+                    on_step: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+    """One epoch. ``start_step``/``partial`` continue an epoch interrupted after that many steps (the loader
+    is advanced past them; augmentation and channel dropout depend only on (seed, epoch, step), so the
+    remaining steps are the same as in an uninterrupted run). ``on_step(steps_done, partial)`` is called
+    every ``spec.every_steps`` steps to write a mid-epoch checkpoint."""
     model.train()
+    amp_dtype = AMP_DTYPES[spec.precision]
     loss_sum = torch.zeros((), device=spec.device)
     correct = torch.zeros((), device=spec.device, dtype=torch.long)
     seen = torch.zeros((), device=spec.device, dtype=torch.long)
+    if partial:
+        loss_sum += partial["loss_sum"].to(spec.device)
+        correct += partial["correct"].to(spec.device)
+        seen += partial["seen"].to(spec.device)
     bar = tqdm(source.epoch(epoch), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
                disable=None, unit="batch")
     for step, (images, labels) in enumerate(bar):
+        if step < start_step:
+            continue
         x = spec.train_transform(images, epoch, step)
+        if spec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = labels.to(spec.device, non_blocking=True)
         subset = spec.dropout(epoch, step)
-        logits = forward_subset(model, x, subset)
-        loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
+        with torch.autocast(spec.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = forward_subset(model, x, subset)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             spec.bad_steps += 1
@@ -68,13 +90,20 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
                                        f"skipping with train.max_bad_steps")
             spec.log(f"skipped a non-finite loss ({loss.item()}) at {where} [{spec.bad_steps}/{spec.max_bad_steps}]")
             continue
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step is not None and spec.every_steps and (step + 1) % spec.every_steps == 0:
+            on_step(step + 1, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(), "seen": seen.cpu()})
     totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), seen.double()]))
     loss_total, correct_total, seen_total = totals.tolist()  # summed over data-parallel processes
     if seen_total == 0:
@@ -97,18 +126,41 @@ def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: 
 
 
 def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, scheduler, spec: FitSpec,
-        start_epoch: int = 0, before_final: Callable[[nn.Module], None] | None = None) -> Path:
+        start_epoch: int = 0, before_final: Callable[[nn.Module], None] | None = None,
+        resume: dict | None = None) -> Path:
     """Train epochs ``start_epoch+1 .. spec.epochs``; returns the final checkpoint ``run_dir/model.pt``.
 
     ``before_final(model)`` runs after the last epoch and before the final checkpoint is written (e.g.
     per-subset BatchNorm re-estimation)."""
     hooks = spec.hooks if spec.is_main else []
+    scaler = torch.amp.GradScaler(spec.device.type) if spec.precision == "fp16" else None
+    resume = resume or {}
+    if scaler is not None and resume.get("scaler"):
+        scaler.load_state_dict(resume["scaler"])
+    spec.bad_steps = int(resume.get("bad_steps", spec.bad_steps))
+
+    def state(epoch_done: int, **extra) -> dict:
+        return {"dynconv": spec.manifest, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "epoch": epoch_done, "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state(), **extra}
+    if spec.channels_last:
+        model.to(memory_format=torch.channels_last)
     for h in hooks:
         h.on_fit_start({"train_samples": train.num_samples, "val_samples": val.num_samples if val else 0,
                         "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
     for epoch in range(start_epoch + 1, spec.epochs + 1):
         t0 = time.perf_counter()
-        metrics = train_one_epoch(model, train, optimizer, spec, epoch)
+        first = epoch == start_epoch + 1
+
+        def save_mid(steps_done: int, partial: dict, epoch: int = epoch) -> None:
+            if spec.is_main:
+                atomic_torch_save(state(epoch - 1, step=steps_done, partial=partial),
+                                  epoch_checkpoint(spec.run_dir, epoch, steps_done))
+                prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
+
+        metrics = train_one_epoch(model, train, optimizer, spec, epoch, scaler,
+                                  start_step=resume.get("step", 0) if first else 0,
+                                  partial=resume.get("partial") if first else None, on_step=save_mid)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if not spec.is_main:
@@ -118,9 +170,7 @@ def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, 
         metrics["epoch_time_s"] = time.perf_counter() - t0
         spec.log(f"epoch {epoch}/{spec.epochs}  " + "  ".join(
             f"{k} {v:.4g}" for k, v in metrics.items()))
-        path = atomic_torch_save({"dynconv": spec.manifest, "model": unwrap(model).state_dict(),
-                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                  "epoch": epoch}, epoch_checkpoint(spec.run_dir, epoch))
+        path = atomic_torch_save(state(epoch), epoch_checkpoint(spec.run_dir, epoch))
         prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
         for h in hooks:
             h.on_epoch_end(epoch, metrics)
