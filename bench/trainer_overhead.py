@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--model", default="dynamic_resnet18")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()

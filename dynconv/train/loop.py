@@ -47,6 +47,12 @@ class FitSpec:
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
 
+def _diverged(spec: FitSpec, what: str) -> None:
+    raise TrainingDiverged(f"training stopped: {what}, {max(1, spec.bad_steps)} non-finite step(s) in all; "
+                           f"checkpoints in {spec.run_dir / 'checkpoints'} are intact: lower train.lr, or allow "
+                           "skipping with train.max_bad_steps")
+
+
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -62,6 +68,8 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
     loss_sum = torch.zeros((), device=spec.device)
     correct = torch.zeros((), device=spec.device, dtype=torch.long)
     seen = torch.zeros((), device=spec.device, dtype=torch.long)
+    exact_check = spec.device.type == "cpu" or spec.max_bad_steps > 0
+    nonfinite = torch.zeros((), device=spec.device, dtype=torch.long)
     if partial:
         loss_sum += partial["loss_sum"].to(spec.device)
         correct += partial["correct"].to(spec.device)
@@ -80,16 +88,17 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
             logits = forward_subset(model, x, subset)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        # Checking the loss needs a host sync. Where skipping is allowed, or on the CPU (where a sync is
+        # free), check every step; otherwise accumulate and check at the periodic loss read-out below.
+        if exact_check and not torch.isfinite(loss):
             spec.bad_steps += 1
             where = f"epoch {epoch} step {step} (channels {subset}, {y.shape[0]} images)"
             if spec.bad_steps > spec.max_bad_steps:
-                raise TrainingDiverged(f"training stopped: the loss was {loss.item()} at {where}, "
-                                       f"{spec.bad_steps} non-finite step(s) in all; checkpoints in "
-                                       f"{spec.run_dir / 'checkpoints'} are intact: lower train.lr, or allow "
-                                       f"skipping with train.max_bad_steps")
+                _diverged(spec, f"the loss was {loss.item()} at {where}")
             spec.log(f"skipped a non-finite loss ({loss.item()}) at {where} [{spec.bad_steps}/{spec.max_bad_steps}]")
             continue
+        if not exact_check:
+            nonfinite += ~torch.isfinite(loss.detach())
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -102,8 +111,12 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
         seen += y.shape[0]
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if not exact_check and nonfinite.item():
+                _diverged(spec, f"a non-finite loss at epoch {epoch} between steps {max(0, step - 9)} and {step}")
         if on_step is not None and spec.every_steps and (step + 1) % spec.every_steps == 0:
             on_step(step + 1, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(), "seen": seen.cpu()})
+    if not exact_check and nonfinite.item():
+        _diverged(spec, f"a non-finite loss in the last steps of epoch {epoch}")
     totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), seen.double()]))
     loss_total, correct_total, seen_total = totals.tolist()  # summed over data-parallel processes
     if seen_total == 0:
