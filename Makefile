@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # pip warns about every missing entry of the machine's local package index; hide only that noise
 QUIET_PIP := sed -u -e '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: install demo test bench clean apt
+.PHONY: install demo test bench fuzz clean apt
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ test: install
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken"; exit 1; fi; \
 	exit $$rc
+
+fuzz: install
+	@DYNCONV_FUZZ_EXAMPLES=$${DYNCONV_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_reliability.py -k fuzz
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done

@@ -138,8 +138,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise DynconvError(f"override {item!r} is not of the form dotted.key=value (e.g. train.epochs=5)")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
-        raise DynconvError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise DynconvError(f"cannot parse overrides {overrides}: {first} (quote values with YAML syntax)") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -155,7 +156,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise DynconvError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(base, dict):
             raise DynconvError(f"config file {path} must hold a mapping of sections (data:, model:, train:, ...)")
-    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), parse_overrides(list(overrides))))
+    try:
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), parse_overrides(list(overrides))))
+    except OmegaConfBaseException as e:  # e.g. a section overridden by a scalar, or a scalar by a mapping
+        raise DynconvError(f"cannot apply overrides {list(overrides)}: {str(e).splitlines()[0]}") from None
     try:
         return Config.model_validate(merged)
     except ValidationError as e:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from dynconv.models import create_model
 from dynconv.train import FitSpec, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
 from dynconv.train.checkpoint import make_manifest
 from dynconv.train.distributed import barrier, init_distributed, unwrap
+from dynconv.train.runlock import RunLock
 
 from .config import Config, dump_yaml, flatten
 from .evaluation import check_classes, evaluate_model, resolve_device
@@ -123,52 +125,55 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
         log(f"data-parallel over {dist_info.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
             f"{cfg.train.batch_size // dist_info.world} images per process per step")
-    config_file = None
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_file = atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    with ExitStack() as stack:
+        if dist_info.is_main:  # one process per run folder; released on any exit
+            stack.enter_context(RunLock(run_dir))
+        config_file = None
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_file = atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
 
-    tracker = None
-    if cfg.tracking.enabled and dist_info.is_main:
-        uri = cfg.tracking.uri or default_tracking_uri(run_dir)
-        tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
-                                params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
-                                resume=ckpt is not None)
-        log(f"MLflow run {tracker.run_id} ({uri})")
+        tracker = None
+        if cfg.tracking.enabled and dist_info.is_main:
+            uri = cfg.tracking.uri or default_tracking_uri(run_dir)
+            tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
+                                    params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
+                                    resume=ckpt is not None)
+            log(f"MLflow run {tracker.run_id} ({uri})")
 
-    manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
-    augment = AugmentParams(**d.augment.model_dump(exclude={"enabled"})) if d.augment.enabled else None
-    spec = FitSpec(
-        epochs=cfg.train.epochs, device=device,
-        train_transform=BatchTransform(mean, std, device, augment, seed=cfg.train.seed),
-        eval_transform=BatchTransform(mean, std, device),
-        dropout=dropout,
-        run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
-        keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
-        hooks=[tracker] if tracker else [], log=log, is_main=dist_info.is_main,
-        precision=cfg.train.precision, channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps)
+        manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
+        augment = AugmentParams(**d.augment.model_dump(exclude={"enabled"})) if d.augment.enabled else None
+        spec = FitSpec(
+            epochs=cfg.train.epochs, device=device,
+            train_transform=BatchTransform(mean, std, device, augment, seed=cfg.train.seed),
+            eval_transform=BatchTransform(mean, std, device),
+            dropout=dropout,
+            run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
+            keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
+            hooks=[tracker] if tracker else [], log=log, is_main=dist_info.is_main,
+            precision=cfg.train.precision, channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps)
 
-    def recalibrate(m) -> None:
-        n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
-                                  cfg.model.calibration_batches)
-        log(f"re-estimated BatchNorm statistics for {2 ** len(channels) - 1} subsets from {n * dist_info.world} "
-            "training images each")
+        def recalibrate(m) -> None:
+            n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
+                                      cfg.model.calibration_batches)
+            log(f"re-estimated BatchNorm statistics for {2 ** len(channels) - 1} subsets from {n * dist_info.world} "
+                "training images each")
 
-    try:
-        final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch,
-                    before_final=recalibrate if cfg.model.norm == "recalibrate" else None, resume=resume)
-        if not dist_info.is_main:
-            return {"run_dir": str(run_dir), "checkpoint": str(final), "report": None, "run_id": None,
-                    "tracking_uri": None, "rank": dist_info.rank}
-        report = evaluate_model(unwrap(model), manifest, val_src, cfg.eval.subsets, device)
-        report["checkpoint"] = str(final)
-        files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")
-        if tracker:
-            tracker.log_evaluation(report["subsets"], report["summary"], files + [config_file])
-            tracker.finish("FINISHED")
-    except BaseException as e:
-        if tracker:
-            tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
-        raise
-    return {"run_dir": str(run_dir), "checkpoint": str(final), "report": report,
-            "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}
+        try:
+            final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch,
+                        before_final=recalibrate if cfg.model.norm == "recalibrate" else None, resume=resume)
+            if not dist_info.is_main:
+                return {"run_dir": str(run_dir), "checkpoint": str(final), "report": None, "run_id": None,
+                        "tracking_uri": None, "rank": dist_info.rank}
+            report = evaluate_model(unwrap(model), manifest, val_src, cfg.eval.subsets, device)
+            report["checkpoint"] = str(final)
+            files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")
+            if tracker:
+                tracker.log_evaluation(report["subsets"], report["summary"], files + [config_file])
+                tracker.finish("FINISHED")
+        except BaseException as e:
+            if tracker:
+                tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
+            raise
+        return {"run_dir": str(run_dir), "checkpoint": str(final), "report": report,
+                "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}

@@ -17,6 +17,7 @@ from ..errors import DynconvError
 from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_resize
 
 BACKENDS = ("auto", "ffcv", "torchvision")
+LOADER_TIMEOUT_S = 600  # a worker that produces nothing for this long is an error, never a silent hang
 
 
 @dataclass
@@ -39,10 +40,16 @@ class DataSource:
             self._sampler_gen.manual_seed(self._seed + epoch)
         if hasattr(self.batches, "next_epoch"):  # FFCV: its random order is seeded by (seed, epoch)
             self.batches.next_epoch = epoch
-        for x, y in self.batches:
-            if self.image_size and x.shape[-1] != self.image_size:
-                x = square_resize(x, self.image_size)
-            yield x, y.long().view(-1)
+        try:
+            for x, y in self.batches:
+                if self.image_size and x.shape[-1] != self.image_size:
+                    x = square_resize(x, self.image_size)
+                yield x, y.long().view(-1)
+        except RuntimeError as e:  # torch reports a dead worker (killed, out of memory) as RuntimeError
+            if "worker" not in str(e).lower():
+                raise
+            raise DynconvError(f"a data-loader worker died ({str(e).splitlines()[0][:120]}): check memory "
+                               "(lower data.num_workers or train.batch_size) and the data files") from None
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -110,11 +117,12 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
     if distributed:
         loader = DataLoader(dataset, batch_sampler=ShardedBatchSampler(len(dataset), batch_size, rank, world, gen,
                                                                        drop_last),
-                            num_workers=num_workers, persistent_workers=num_workers > 0)
+                            num_workers=num_workers, persistent_workers=num_workers > 0,
+                            timeout=LOADER_TIMEOUT_S if num_workers else 0)
     else:
         sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                             drop_last=train and drop_last and len(dataset) >= batch_size,
-                            persistent_workers=num_workers > 0)
+                            persistent_workers=num_workers > 0, timeout=LOADER_TIMEOUT_S if num_workers else 0)
     return DataSource(loader, index.classes, len(dataset), "torchvision", num_channels(index), len(index.skipped),
                       None, gen, seed)

@@ -1,0 +1,209 @@
+"""Fault injection and bad input across the toolkit: each fault, and what the user sees."""
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli
+from dynconv.channels import parse_subset, parse_subsets
+from dynconv.data.loaders import DataSource
+from dynconv.errors import DynconvError
+from dynconv.fileio import DiskFull
+from dynconv.train.checkpoint import atomic_torch_save, load_checkpoint
+from dynconv.train.runlock import RunLock
+from launch.config import Config, load_config
+from test_cli import _assert_one_line_error, _cli, _train_args
+
+FUZZ = settings(max_examples=int(os.environ.get("DYNCONV_FUZZ_EXAMPLES", "150")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---- SIGKILL at many points, then resume=auto: bitwise equal to an uninterrupted run ------------------
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, tmp_path_factory):
+    from test_resume import _args
+
+    ref = tmp_path_factory.mktemp("ref") / "run"
+    assert run_cli(*_args(tiny_data, ref, "train.every_steps=1", "train.keep_checkpoints=2")) == 0
+    return torch.load(ref / "model.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [(1, 2), (1, 5), (1, 9), (2, 1), (2, 3), (2, 4), (2, 6), (2, 7), (2, 8), (2, 10)])
+def test_sigkill_at_seeded_points_resumes_bitwise(point, tiny_data, tmp_path, reference_run, capsys):
+    from test_resume import _args
+    from dynconv.train.checkpoint import epoch_checkpoint
+
+    epoch, step = point
+    run = tmp_path / "run"
+    args = _args(tiny_data, run, "train.every_steps=1", "train.keep_checkpoints=2")
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    target = epoch_checkpoint(run, epoch) if step == 10 else epoch_checkpoint(run, epoch, step)
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.pt").exists()
+    capsys.readouterr()
+    assert run_cli(*args, "train.resume=auto") == 0
+    assert "reclaiming stale lock" in capsys.readouterr().err
+    final = torch.load(run / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], reference_run[k]) for k in final)
+
+
+# ---- disk full, loader crash, locks ----------------------------------------------------------------
+
+def test_disk_full_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_torch_save({"v": torch.ones(3)}, path)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DiskFull, match="no space left .* previous version is intact"):
+        atomic_torch_save({"v": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
+
+
+def test_real_small_filesystem_fills_up(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights); the monkeypatched test covers it")
+    try:
+        atomic_torch_save({"v": torch.ones(10)}, mnt / "ckpt.pt")
+        with pytest.raises(DiskFull):
+            atomic_torch_save({"v": torch.ones(1_000_000)}, mnt / "ckpt.pt")  # 4 MB into 1 MB
+        assert torch.equal(torch.load(mnt / "ckpt.pt", weights_only=True)["v"], torch.ones(10))
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+class _Crashing(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        if i == 20:
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies
+        return torch.zeros(3, 4, 4, dtype=torch.uint8), 0
+
+
+def test_loader_worker_crash_is_a_clear_error_not_a_hang():
+    loader = torch.utils.data.DataLoader(_Crashing(), batch_size=8, num_workers=1, timeout=60)
+    source = DataSource(loader, None, 64, "torchvision")
+    t0 = time.time()
+    with pytest.raises(DynconvError, match="data-loader worker died"):
+        for _ in source.epoch(0):
+            pass
+    assert time.time() - t0 < 60
+
+
+def test_second_process_on_a_run_dir_is_refused_and_stale_locks_are_reclaimed(tmp_path):
+    with RunLock(tmp_path):
+        proc = subprocess.run([sys.executable, "-c", f"from dynconv.train.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire()"],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and f"is in use by process {os.getpid()}" in proc.stderr
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "x"}))
+    with pytest.warns(UserWarning, match="reclaiming stale lock"):
+        with RunLock(tmp_path):
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.slow
+def test_two_trainings_on_one_run_dir(tiny_data, tmp_path):
+    run = tmp_path / "shared"
+    with RunLock(run):  # stands in for a first job still running
+        proc = _cli(*_train_args(tiny_data, run, "train.epochs=1", "tracking.enabled=false"))
+    _assert_one_line_error(proc, "is in use by process")
+    assert not (run / "checkpoints").exists()
+
+
+# ---- hostile or foreign files ------------------------------------------------------------------------
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_pickle_bearing_checkpoint_does_not_execute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pt"
+    torch.save({"dynconv": {"format_version": 1}, "model": _Exploit()}, bad, pickle_module=pickle)
+    with pytest.raises(DynconvError, match="not a loadable dynconv checkpoint"):
+        load_checkpoint(bad)
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_newer_checkpoint_format_is_refused(tmp_path):
+    path = tmp_path / "new.pt"
+    torch.save({"dynconv": {"format_version": 99}, "model": {}}, path)
+    with pytest.raises(DynconvError, match="format 99, newer than this dynconv"):
+        load_checkpoint(path)
+
+
+def test_symlink_loops_in_image_folders_terminate(tiny_data, tmp_path):
+    import shutil
+
+    from dynconv.data import scan_image_folder
+
+    root = tmp_path / "val"
+    shutil.copytree(tiny_data / "val", root)
+    first = sorted(root.iterdir())[0]
+    (first / "loop").symlink_to(root, target_is_directory=True)
+    assert len(scan_image_folder(root).samples) == 64
+
+
+def test_malformed_tracking_uri(tiny_data, tmp_path):
+    _assert_one_line_error(_cli(*_train_args(tiny_data, tmp_path / "r", "tracking.uri=not a uri")),
+                           "tracking.uri 'not a uri' is not a URI")
+
+
+# ---- fuzzing the parsers: every input is accepted or refused with a DynconvError ---------------------
+
+_keys = st.sampled_from(["train.epochs", "train.lr", "data.image_size", "model.name", "dropout.kind",
+                         "train.batch_size", "train.epoch", "data", "model.stem_mode", "x.y.z", "eval.subsets"])
+_values = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=12),
+                    st.sampled_from(["null", "[1,2]", "{a: 1}", "true", "1e-3", "'", "]["]))
+
+
+@FUZZ
+@given(st.lists(st.tuples(_keys, _values).map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=20), max_size=4))
+def test_fuzz_config_overrides(overrides):
+    try:
+        cfg = load_config(None, overrides)
+    except DynconvError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(cfg, Config) and cfg.train.epochs >= 1 and cfg.data.image_size >= 8
+
+
+@FUZZ
+@given(st.text(alphabet="RGBUVX, ", max_size=12), st.sampled_from(["RGB", "RGBUV", "RG"]))
+def test_fuzz_subset_parser(spec, channels):
+    try:
+        subsets = parse_subsets(spec, channels)
+    except DynconvError as e:
+        assert "\n" not in str(e)
+    else:
+        assert subsets and all(s == tuple(sorted(set(s))) and all(0 <= i < len(channels) for i in s) for s in subsets)
+        for s in subsets:
+            assert parse_subset("".join(channels[i] for i in s), channels) == s
