@@ -141,3 +141,15 @@ def test_beton_of_another_schema_is_an_error(tmp_path):
     (tmp_path / "junk.beton").write_bytes(b"\0" * 64)
     with pytest.raises(DynconvError, match="not a readable FFCV"):
         build_source(tmp_path / "junk.beton", image_size=8, batch_size=2)
+
+
+def test_grayscale_rgba_and_mixed_sizes_load_as_rgb(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    for cls, (mode, size) in {"a": ("L", (40, 30)), "b": ("RGBA", (17, 50)), "c": ("RGB", (64, 64))}.items():
+        (root / cls).mkdir(parents=True)
+        Image.new(mode, size, 128).save(root / cls / "x.png")
+    src = build_source(root, image_size=24, batch_size=3, num_workers=0)
+    x, y = next(iter(src.epoch(0)))
+    assert x.shape == (3, 3, 24, 24) and y.tolist() == [0, 1, 2] and src.num_channels == 3
