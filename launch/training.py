@@ -106,7 +106,8 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
         raise DynconvError(f"dropout.kind={cfg.dropout.kind} needs a channel-adaptive model (dynamic_*); "
                            f"use dropout.kind=none with {cfg.model.name}")
     optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
-    scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs)
+    scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs, cfg.train.warmup_epochs,
+                                cfg.train.step_size, cfg.train.gamma)
 
     run_dir = Path(cfg.run.dir)
     ckpt = _resume_checkpoint(cfg, run_dir)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (import early: hypothesis' pytest plugin otherwise imports it at the very end
+#                    of a session, deep in pytest's stack, where CPython 3.11.7 can fail with "AST constructor
+#                    recursion depth mismatch" while rewriting its modules)
 import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

@@ -1,13 +1,16 @@
 """Optimisers and LR schedules from plain arguments."""
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 from torch import nn
 
 from ..errors import DynconvError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -28,10 +31,28 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     raise DynconvError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
-def build_scheduler(optimizer, name: str, epochs: int):
-    """Stepped once per epoch."""
+def lr_factor(epoch: int, name: str, epochs: int, warmup_epochs: int = 0, step_size: int = 30,
+              gamma: float = 0.1) -> float:
+    """Multiplier of the base learning rate after ``epoch`` scheduler steps (0 = the first epoch).
+
+    A linear warm-up over ``warmup_epochs`` (from base/(w+1) up to base), then ``cosine`` decay to 0 over
+    the remaining epochs, ``constant``, or ``step``: × ``gamma`` every ``step_size`` epochs."""
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    e, n = epoch - warmup_epochs, max(1, epochs - warmup_epochs)
     if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise DynconvError(f"unknown LR schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+        return 0.5 * (1 + math.cos(math.pi * min(e, n) / n))
+    if name == "step":
+        return gamma ** (e // max(1, step_size))
+    return 1.0
+
+
+def build_scheduler(optimizer, name: str, epochs: int, warmup_epochs: int = 0, step_size: int = 30,
+                    gamma: float = 0.1):
+    """Stepped once per epoch; its state (the epoch count) is saved in every checkpoint."""
+    if name not in SCHEDULES:
+        raise DynconvError(f"unknown LR schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+    if warmup_epochs >= max(1, epochs) and warmup_epochs:
+        raise DynconvError(f"train.warmup_epochs={warmup_epochs} must be smaller than train.epochs={epochs}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, name=name, epochs=epochs, warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma))
