@@ -104,14 +104,13 @@ class _Crashing(torch.utils.data.Dataset):
         return torch.zeros(3, 4, 4, dtype=torch.uint8), 0
 
 
+@pytest.mark.timeout(120)  # a hang fails the test instead of stalling the suite
 def test_loader_worker_crash_is_a_clear_error_not_a_hang():
     loader = torch.utils.data.DataLoader(_Crashing(), batch_size=8, num_workers=1, timeout=60)
     source = DataSource(loader, None, 64, "torchvision")
-    t0 = time.time()
     with pytest.raises(DynconvError, match="data-loader worker died"):
         for _ in source.epoch(0):
             pass
-    assert time.time() - t0 < 60
 
 
 def test_second_process_on_a_run_dir_is_refused_and_stale_locks_are_reclaimed(tmp_path):
