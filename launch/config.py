@@ -89,6 +89,7 @@ class DropoutConfig(_Section):
 class EvalConfig(_Section):
     subsets: str = "all"
     batch_size: int = Field(256, ge=1)
+    every_epoch: bool = False  # also score eval.subsets every epoch: val_acc_<subset>, val_{mean,worst}_subset_acc
 
 
 class RunConfig(_Section):
