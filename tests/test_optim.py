@@ -56,6 +56,24 @@ def test_no_weight_decay_on_norm_and_bias():
 def test_bad_schedules():
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     with pytest.raises(DynconvError, match="choose one of"):
-        build_scheduler(opt, "onecycle", 3)
+        build_scheduler(opt, "linear", 3)
     with pytest.raises(DynconvError, match="warmup_epochs=3 must be smaller"):
         build_scheduler(opt, "cosine", 3, warmup_epochs=3)
+
+
+@pytest.mark.parametrize("total, pct", [(100, 0.3), (7, 0.3), (3, 0.25), (1, 0.3)])
+def test_onecycle_matches_torch_onecycle(total, pct):
+    """Epoch-free closed form of torch's OneCycleLR (cosine, two phases, div 25, final div 1e4), stepped per
+    optimiser step (``per_step``), so its state in a checkpoint is one counter."""
+    model = torch.nn.Linear(2, 2)
+    ref_opt, opt = torch.optim.SGD(model.parameters(), lr=0.5), torch.optim.SGD(model.parameters(), lr=0.5)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.5, total_steps=total, pct_start=pct,
+                                              cycle_momentum=False)
+    ours = build_scheduler(opt, "onecycle", epochs=total, steps_per_epoch=1, pct_start=pct)
+    assert ours.per_step and not build_scheduler(torch.optim.SGD(model.parameters(), lr=1.0), "cosine", 3).per_step
+    for _ in range(total):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+        ref_opt.step()
+        opt.step()
+        ref.step()
+        ours.step()

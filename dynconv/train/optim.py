@@ -10,7 +10,8 @@ from torch import nn
 from ..errors import DynconvError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant", "step")
+SCHEDULES = ("cosine", "constant", "step", "onecycle")
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # torch.optim.lr_scheduler.OneCycleLR's defaults
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -47,12 +48,35 @@ def lr_factor(epoch: int, name: str, epochs: int, warmup_epochs: int = 0, step_s
     return 1.0
 
 
+def onecycle_factor(step: int, total_steps: int, pct_start: float = 0.3) -> float:
+    """One-cycle multiplier of the base (= peak) learning rate after ``step`` optimiser steps, as
+    ``torch.optim.lr_scheduler.OneCycleLR`` (cosine, two phases): from base/25 up to base over the first
+    ``pct_start`` of the steps, then down to base/25/1e4."""
+    lo, hi, end = 1 / ONECYCLE_DIV, 1.0, 1 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+    rise_end = float(pct_start * total_steps) - 1
+    if step <= rise_end:
+        start, stop, pct = lo, hi, step / rise_end if rise_end > 0 else 1.0
+    else:
+        span = (total_steps - 1) - rise_end
+        start, stop, pct = hi, end, min(1.0, (step - rise_end) / span) if span > 0 else 1.0
+    return stop + (start - stop) / 2 * (1 + math.cos(math.pi * pct))
+
+
 def build_scheduler(optimizer, name: str, epochs: int, warmup_epochs: int = 0, step_size: int = 30,
-                    gamma: float = 0.1):
-    """Stepped once per epoch; its state (the epoch count) is saved in every checkpoint."""
+                    gamma: float = 0.1, steps_per_epoch: int = 1, pct_start: float = 0.3):
+    """A ``LambdaLR`` whose state (its step count) is saved in every checkpoint. Stepped once per epoch,
+    except ``onecycle``, which is stepped after every optimiser step (its ``per_step`` attribute is True)."""
     if name not in SCHEDULES:
         raise DynconvError(f"unknown LR schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
     if warmup_epochs >= max(1, epochs) and warmup_epochs:
         raise DynconvError(f"train.warmup_epochs={warmup_epochs} must be smaller than train.epochs={epochs}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        lr_factor, name=name, epochs=epochs, warmup_epochs=warmup_epochs, step_size=step_size, gamma=gamma))
+    if name == "onecycle":
+        if warmup_epochs:
+            raise DynconvError("train.scheduler=onecycle has its own warm-up (train.pct_start): set train.warmup_epochs=0")
+        factor = functools.partial(onecycle_factor, total_steps=epochs * max(1, steps_per_epoch), pct_start=pct_start)
+    else:
+        factor = functools.partial(lr_factor, name=name, epochs=epochs, warmup_epochs=warmup_epochs,
+                                   step_size=step_size, gamma=gamma)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler.per_step = name == "onecycle"
+    return scheduler
