@@ -20,6 +20,7 @@ from dynconv.data.loaders import DataSource
 from dynconv.dropout import ChannelDropout
 from dynconv.models import create_model
 from dynconv.train import FitSpec, build_optimizer, build_scheduler, fit
+from dynconv.train.strategy import build_strategy
 
 
 def main() -> None:
@@ -66,7 +67,9 @@ def main() -> None:
             source = DataSource(batches, None, a.steps * a.batch, "memory")
             sync()
             t0 = time.perf_counter()
-            fit(model, source, None, opt, build_scheduler(opt, "constant", 1), spec)
+            strategy = build_strategy("single", dev)
+            strategy.setup(model, opt)
+            fit(strategy, source, None, build_scheduler(opt, "constant", 1), spec)
             sync()
             return a.steps / (time.perf_counter() - t0)
 

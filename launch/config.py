@@ -57,24 +57,42 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)          # global: images per optimiser step, over processes and micro-steps
     lr: float = Field(0.05, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    scheduler: Literal["cosine", "constant", "step"] = "cosine"
+    scheduler: Literal["cosine", "constant", "step", "onecycle"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)        # linear LR warm-up before the schedule
     step_size: int = Field(30, ge=1)           # scheduler=step: epochs between decays
     gamma: float = Field(0.1, gt=0, le=1)      # scheduler=step: decay factor
+    pct_start: float = Field(0.3, gt=0, lt=1)  # scheduler=onecycle: fraction of the steps spent rising
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     device: str = "auto"
+    # auto: single for one process, ddp for several (WORLD_SIZE); deepspeed: see the deepspeed section
+    strategy: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
+    grad_accum_steps: int = Field(1, ge=1)     # micro-batches (of batch_size / processes / this) per step
+    grad_clip: float = Field(0.0, ge=0)        # clip the gradient norm to this (0: off)
+    compile: bool = False                      # torch.compile the model (nn.Module.compile, in place)
+    res_start: int | None = Field(None, ge=8, le=4096)  # progressive resizing: resolution of epoch 1 (None: off)
+    res_end: int | None = Field(None, ge=8, le=4096)    # ... reached after res_ramp_epochs (None: data.image_size)
+    res_ramp_epochs: int | None = Field(None, ge=1)     # ... epochs of the ramp (None: train.epochs - 1)
     resume: str | None = None
     keep_checkpoints: int = Field(2, ge=1)
-    max_bad_steps: int = Field(0, ge=0)
+    max_bad_steps: int = Field(0, ge=0)        # NaN/Inf losses to skip before stopping (0: stop at the first)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    every_steps: int = Field(0, ge=0)  # mid-epoch checkpoints every N steps (0: at epoch ends only)
-    channels_last: bool = False  # NaN/Inf losses to skip before stopping (0: stop at the first)
+    every_steps: int = Field(0, ge=0)  # mid-epoch checkpoints every N optimiser steps (0: at epoch ends only)
+    channels_last: bool = False
+
+
+class DeepSpeedSection(_Section):
+    """Used with train.strategy=deepspeed; unset keys take the JSON file's value, else the default."""
+
+    zero_stage: int | None = Field(None, ge=0, le=3)                 # default 2
+    offload_optimizer: Literal["none", "cpu"] | None = None          # ZeRO-Offload of the optimizer state
+    offload_param: Literal["none", "cpu"] | None = None              # ZeRO-3 only
+    config: str | None = None  # DeepSpeed JSON merged with what dynconv derives (batch, accumulation, precision)
 
 
 class DropoutConfig(_Section):
@@ -108,6 +126,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
     dropout: DropoutConfig = DropoutConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()

@@ -1,6 +1,7 @@
 """`dynconv train`: config -> data, model, optimiser -> fit -> per-subset evaluation -> MLflow."""
 from __future__ import annotations
 
+import os
 import random
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,10 +21,12 @@ from dynconv.fileio import atomic_write_text
 from dynconv.models import create_model
 from dynconv.evaluate import subset_accuracies
 from dynconv.train import FitSpec, Hook, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
-from dynconv.train.checkpoint import make_manifest
+from dynconv.train.checkpoint import make_manifest, read_deepspeed_sidecar
 from dynconv.train.loop import TrainingPreempted
-from dynconv.train.distributed import barrier, init_distributed, unwrap
+from dynconv.train.distributed import barrier, init_distributed
+from dynconv.train.resize import resolution_at
 from dynconv.train.runlock import RunLock
+from dynconv.train.strategy import DeepSpeedOptions, build_strategy
 
 from .config import Config, dump_yaml, flatten
 from .evaluation import check_classes, evaluate_model, resolve_device
@@ -45,23 +48,58 @@ def _stats(cfg: Config) -> tuple[list[float], list[float]]:
     return list(mean), list(std)
 
 
-def _resume_checkpoint(cfg: Config, run_dir: Path) -> dict | None:
+def _resume_checkpoint(cfg: Config, run_dir: Path) -> tuple[Path, dict | None] | None:
+    """The checkpoint to continue from (a file, with its loaded contents, or a DeepSpeed folder), if any."""
     resume = cfg.train.resume
     if resume is None:
-        if any((run_dir / "checkpoints").glob("epoch_*.pt")) or (run_dir / "model.pt").exists():
+        if any((run_dir / "checkpoints").glob("epoch_*")) or (run_dir / "model.pt").exists():
             raise DynconvError(f"run.dir {run_dir} already holds a run: pass train.resume=auto to continue it, "
                                "or choose another run.dir")
         return None
     path = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
     if path is None:
         return None
-    ckpt = load_checkpoint(path)
-    if ckpt["dynconv"]["model"] != cfg.model.name:
-        raise DynconvError(f"cannot resume: {path} holds a {ckpt['dynconv']['model']} model, config asks for "
-                           f"{cfg.model.name}")
-    if "optimizer" not in ckpt:
-        raise DynconvError(f"cannot resume from {path}: it holds final weights only; resume from run.dir/checkpoints")
-    return ckpt
+    ckpt = None if path.is_dir() else load_checkpoint(path)
+    manifest = read_deepspeed_sidecar(path)["dynconv"] if ckpt is None else ckpt["dynconv"]
+    if manifest["model"] != cfg.model.name:
+        raise DynconvError(f"cannot resume: {path} holds a {manifest['model']} model, config asks for {cfg.model.name}")
+    return path, ckpt
+
+
+def _strategy_name(cfg: Config, world: int) -> str:
+    """``train.strategy``; ``auto`` is ``single`` for one process and ``ddp`` for several."""
+    name = cfg.train.strategy
+    if name == "auto":
+        return "ddp" if world > 1 else "single"
+    if name == "single" and world > 1:
+        raise DynconvError(f"train.strategy=single but {world} processes were started (WORLD_SIZE): use "
+                           "train.strategy=ddp or deepspeed, or start one process")
+    return "single" if name == "ddp" and world == 1 else name  # DDP over one process is plain training
+
+
+def _deepspeed_options(cfg: Config, strategy: str) -> DeepSpeedOptions | None:
+    ds = cfg.deepspeed
+    if strategy != "deepspeed":
+        if ds.model_fields_set:
+            raise DynconvError(f"deepspeed.{sorted(ds.model_fields_set)[0]} is set but train.strategy={cfg.train.strategy}: "
+                               "set train.strategy=deepspeed, or drop the deepspeed section")
+        return None
+    return DeepSpeedOptions(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.config)
+
+
+def _resolution_schedule(cfg: Config) -> Callable[[int], int] | None:
+    """Progressive resizing from ``train.res_*``: epoch -> training resolution, or None when off."""
+    t = cfg.train
+    if t.res_start is None:
+        if t.res_end is not None or t.res_ramp_epochs is not None:
+            raise DynconvError("train.res_end / train.res_ramp_epochs need train.res_start (the first epoch's resolution)")
+        return None
+    end = t.res_end or cfg.data.image_size
+    if max(t.res_start, end) > cfg.data.image_size:
+        raise DynconvError(f"train.res_start/res_end ({t.res_start}, {end}) must not exceed data.image_size="
+                           f"{cfg.data.image_size}: batches are loaded at data.image_size and resized on the device")
+    ramp = t.res_ramp_epochs if t.res_ramp_epochs is not None else max(1, t.epochs - 1)
+    return lambda epoch: resolution_at(epoch, t.res_start, end, ramp)
 
 
 def _quiet(_message: str) -> None:
@@ -84,16 +122,26 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
                              weights=cfg.dropout.weights, curriculum=cfg.dropout.curriculum,
                              ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
     mean, std = _stats(cfg)
+    resolution = _resolution_schedule(cfg)
     device = resolve_device(cfg.train.device)
-    dist_info = init_distributed(device.type == "cuda")
-    if dist_info.enabled and device.type == "cuda":
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    strategy_name = _strategy_name(cfg, world)
+    ds_options = _deepspeed_options(cfg, strategy_name)
+    if cfg.train.batch_size % (world * cfg.train.grad_accum_steps):
+        raise DynconvError(f"train.batch_size={cfg.train.batch_size} must be divisible by processes x "
+                           f"train.grad_accum_steps = {world} x {cfg.train.grad_accum_steps}")
+    dist_info = init_distributed(device.type == "cuda", always=strategy_name == "deepspeed")
+    if device.type == "cuda" and strategy_name != "single":
         device = torch.device("cuda", dist_info.local_rank)
     if not dist_info.is_main:
         log = _quiet
+    strategy = build_strategy(strategy_name, device, dist_info, precision=cfg.train.precision,
+                              grad_accum_steps=cfg.train.grad_accum_steps, grad_clip=cfg.train.grad_clip,
+                              global_batch=cfg.train.batch_size, deepspeed=ds_options)
     seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights and subsets
 
     d = cfg.data
-    train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size,
+    train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size // cfg.train.grad_accum_steps,
                              num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
                              strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last,
                              rank=dist_info.rank, world=dist_info.world)
@@ -115,25 +163,24 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
                            f"use dropout.kind=none with {cfg.model.name}")
     optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
     scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs, cfg.train.warmup_epochs,
-                                cfg.train.step_size, cfg.train.gamma)
+                                cfg.train.step_size, cfg.train.gamma, len(train_src) // cfg.train.grad_accum_steps,
+                                cfg.train.pct_start)
 
     run_dir = Path(cfg.run.dir)
-    ckpt = _resume_checkpoint(cfg, run_dir)
+    found = _resume_checkpoint(cfg, run_dir)
     barrier()  # every process has checked run.dir before the main one writes to it
+    strategy.setup(model, optimizer, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
+    if strategy_name != "single" or cfg.train.grad_accum_steps > 1:
+        log(f"{strategy.describe()}, {cfg.train.batch_size // dist_info.world // cfg.train.grad_accum_steps} images "
+            f"per process per micro-step, {cfg.train.grad_accum_steps} micro-step(s) per optimiser step")
     start_epoch, resume = 0, None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch = int(ckpt["epoch"])
-        resume = {k: ckpt[k] for k in ("step", "partial", "scaler", "bad_steps") if ckpt.get(k) is not None}
+    if found is not None:
+        state = strategy.load(*found)
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"])
+        resume = {k: state[k] for k in ("step", "partial", "bad_steps") if state.get(k) is not None}
         where = f"epoch {start_epoch + 1} step {resume['step']}" if "step" in resume else f"epoch {start_epoch + 1}"
-        log(f"resuming at {where}")
-    if dist_info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-        log(f"data-parallel over {dist_info.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
-            f"{cfg.train.batch_size // dist_info.world} images per process per step")
+        log(f"resuming at {where} from {found[0]}")
     with ExitStack() as stack:
         if dist_info.is_main:  # one process per run folder; released on any exit
             stack.enter_context(RunLock(run_dir))
@@ -147,7 +194,7 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
             uri = cfg.tracking.uri or default_tracking_uri(run_dir)
             tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
                                     params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
-                                    resume=ckpt is not None)
+                                    resume=found is not None)
             log(f"MLflow run {tracker.run_id} ({uri})")
 
         manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
@@ -161,8 +208,8 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
             keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
             hooks=([tracker] if tracker else []) + list(hooks), log=log, stop_requested=stop_requested,
             epoch_eval=(lambda m: subset_accuracies(m, val_src.epoch(0), spec.eval_transform, eval_subsets, channels,
-                                                    device)) if cfg.eval.every_epoch else None, is_main=dist_info.is_main,
-            precision=cfg.train.precision, channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps)
+                                                    device)) if cfg.eval.every_epoch else None,
+            channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps, resolution=resolution)
 
         def recalibrate(m) -> None:
             n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
@@ -171,12 +218,13 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
                 "training images each")
 
         try:
-            final = fit(model, train_src, val_src, optimizer, scheduler, spec, start_epoch=start_epoch,
+            final = fit(strategy, train_src, val_src, scheduler, spec, start_epoch=start_epoch,
                         before_final=recalibrate if cfg.model.norm == "recalibrate" else None, resume=resume)
+            trained = strategy.eval_module()  # every process (ZeRO-3 gathers the weights)
             if not dist_info.is_main:
                 return {"run_dir": str(run_dir), "checkpoint": str(final), "report": None, "run_id": None,
                         "tracking_uri": None, "rank": dist_info.rank}
-            report = evaluate_model(unwrap(model), manifest, val_src, cfg.eval.subsets, device)
+            report = evaluate_model(trained, manifest, val_src, cfg.eval.subsets, device)
             report["checkpoint"] = str(final)
             files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")
             if tracker:

@@ -1,8 +1,10 @@
 """Checkpoint files: atomic writes, safe (``weights_only``) loads, a manifest describing the model."""
 from __future__ import annotations
 
+import json
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -13,8 +15,10 @@ from ..errors import DynconvError
 from ..fileio import atomic_writer
 
 FORMAT_VERSION = 1
-# epoch_0003.pt: epoch 3 complete; epoch_0003_step_000020.pt: 20 steps into epoch 3
-_CKPT_FILE = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.pt$")
+# epoch_0003.pt: epoch 3 complete; epoch_0003_step_000020.pt: 20 steps into epoch 3. DeepSpeed checkpoints
+# are folders of the same names without ".pt" (written as .tmp-<name>, renamed when complete)
+_CKPT_FILE = re.compile(r"epoch_(\d+)(?:_step_(\d+))?(\.pt)?")
+DS_SIDECAR = "dynconv.json"  # in a DeepSpeed checkpoint folder: manifest, epoch, step, world size; written last
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
@@ -48,28 +52,74 @@ def epoch_checkpoint(run_dir: Path, epoch: int, step: int | None = None) -> Path
 
 
 def _ordered(run_dir: str | Path) -> list[Path]:
-    """Checkpoints oldest to newest: a mid-epoch one sorts after the previous epoch, before its own end."""
+    """Checkpoints (files and DeepSpeed folders) oldest to newest: a mid-epoch one sorts after the previous
+    epoch, before its own end."""
     found = []
-    for p in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
-        if m := _CKPT_FILE.search(p.name):
+    for p in (Path(run_dir) / "checkpoints").glob("epoch_*"):
+        if (m := _CKPT_FILE.fullmatch(p.name)) and bool(m.group(3)) != p.is_dir():
             found.append(((int(m.group(1)), int(m.group(2)) if m.group(2) else float("inf")), p))
     return [p for _, p in sorted(found)]
 
 
+def is_deepspeed_checkpoint(path: str | Path) -> bool:
+    """A folder written by DeepSpeed's ``save_checkpoint`` (one tag): it holds ``*_model_states.pt``."""
+    path = Path(path)
+    return path.is_dir() and any(path.glob("*model_states.pt"))
+
+
+def read_deepspeed_sidecar(path: str | Path) -> dict:
+    """The dynconv record of a complete DeepSpeed checkpoint folder; a DynconvError if it is incomplete
+    (no record, or a file cut short) or not a DeepSpeed checkpoint."""
+    path = Path(path)
+    if not is_deepspeed_checkpoint(path):
+        raise DynconvError(f"{path} is not a DeepSpeed checkpoint folder (no *_model_states.pt in it)")
+    try:
+        record = json.loads((path / DS_SIDECAR).read_text())
+    except (OSError, ValueError) as e:
+        raise DynconvError(f"{path} is incomplete: its {DS_SIDECAR} is missing or unreadable ({e.__class__.__name__})") from None
+    for f in path.glob("*.pt"):
+        try:
+            zipfile.ZipFile(f).close()  # torch.save writes zip archives; a truncated one has no central directory
+        except (zipfile.BadZipFile, OSError):
+            raise DynconvError(f"{path} is incomplete: {f.name} is truncated or unreadable") from None
+    optim = len(list(path.glob("*optim_states.pt")))
+    if optim and optim != record.get("world_size", optim):
+        raise DynconvError(f"{path} is incomplete: {optim} optimizer shard(s) for {record['world_size']} processes")
+    return record
+
+
+def checkpoint_manifest(path: str | Path) -> dict:
+    """The ``dynconv`` manifest of a checkpoint file or DeepSpeed checkpoint folder (checked as loadable)."""
+    if Path(path).is_dir():
+        return read_deepspeed_sidecar(path)["dynconv"]
+    return load_checkpoint(path)["dynconv"]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint in ``run_dir`` that loads; broken ones are skipped with a warning."""
+    """The newest checkpoint in ``run_dir`` (file or DeepSpeed folder) that loads; broken ones are skipped
+    with a warning."""
     for path in reversed(_ordered(run_dir)):
         try:
-            load_checkpoint(path)
+            checkpoint_manifest(path)
             return path
         except DynconvError as e:
             warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
     return None
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    for path in _ordered(run_dir)[:-keep] if keep > 0 else []:
+def remove_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
         path.unlink(missing_ok=True)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; also remove DeepSpeed folders left half-written (``.tmp-*``)."""
+    for path in _ordered(run_dir)[:-keep] if keep > 0 else []:
+        remove_checkpoint(path)
+    for path in (Path(run_dir) / "checkpoints").glob(".tmp-epoch_*"):
+        remove_checkpoint(path)
 
 
 def make_manifest(model_name: str, model_kwargs: dict, channels: str, image_size: int, mean, std,

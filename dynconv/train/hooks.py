@@ -11,10 +11,11 @@ class Hook:
         """``info``: model name, parameter count, dataset sizes, start epoch."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """``metrics``: ``train_loss``, ``train_acc``, ``val_acc``, ``lr`` (epochs count from 1)."""
+        """``metrics``: ``train_loss``, ``train_acc``, ``val_acc``, ``lr``, with progressive resizing
+        ``train_res`` (epochs count from 1)."""
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
-        """A checkpoint for ``epoch`` is complete on disk at ``path``."""
+        """A checkpoint for ``epoch`` is complete on disk at ``path`` (a file, or a DeepSpeed folder)."""
 
     def on_fit_end(self, final_checkpoint: Path) -> None:
         """Training finished; ``final_checkpoint`` holds the final weights."""

@@ -1,10 +1,11 @@
-"""The training loop: channel dropout per batch, per-epoch validation, atomic checkpoints, hooks."""
+"""The training loop (one for every strategy): gradient accumulation, channel dropout per step, progressive
+resizing, per-epoch validation, atomic checkpoints, hooks."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,10 @@ from ..data.loaders import DataSource
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
-from .distributed import all_reduce_sum, barrier, unwrap
+from .distributed import all_reduce_sum, any_rank, barrier, unwrap
 from .hooks import Hook
+from .resize import resize_batch
+from .strategy import Strategy
 
 
 class TrainingDiverged(DynconvError):
@@ -35,11 +38,11 @@ class TrainingPreempted(Exception):
 
 @dataclass
 class FitSpec:
-    """Everything ``fit`` needs besides the model, data and optimiser."""
+    """Everything ``fit`` needs besides the strategy (model, optimiser, processes), data and LR schedule."""
 
     epochs: int
     device: torch.device
-    train_transform: Callable   # (uint8 batch, epoch, step) -> float batch on device
+    train_transform: Callable   # (uint8 batch, epoch, micro-step) -> float batch on device
     eval_transform: Callable    # uint8 batch -> float batch on device
     dropout: ChannelDropout
     run_dir: Path
@@ -47,15 +50,14 @@ class FitSpec:
     label_smoothing: float = 0.0
     keep_checkpoints: int = 2
     max_bad_steps: int = 0      # non-finite losses tolerated (their updates skipped) before training stops
-    is_main: bool = True        # data-parallel: only the main process validates, checkpoints and calls hooks
-    precision: str = "fp32"     # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
-    every_steps: int = 0        # also checkpoint every this many steps within an epoch (0: epoch ends only)
-    channels_last: bool = False
+    every_steps: int = 0        # also checkpoint every this many optimiser steps within an epoch (0: epoch ends)
+    channels_last: bool = False  # inputs in channels_last (the strategy converts the model)
+    resolution: Callable[[int], int] | None = None  # epoch -> training resolution (progressive resizing)
     hooks: Sequence[Hook] = field(default_factory=tuple)
     log: Callable[[str], None] = print
     # extra per-epoch validation metrics, e.g. per-subset accuracy ({"acc_RG": ..., "worst_subset_acc": ...})
     epoch_eval: Callable[[nn.Module], dict[str, float]] | None = None
-    # polled before every step (all processes agree); True -> checkpoint and raise TrainingPreempted
+    # polled before every optimiser step (all processes agree); True -> checkpoint and raise TrainingPreempted
     stop_requested: Callable[[], bool] | None = None
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
@@ -66,88 +68,98 @@ def _diverged(spec: FitSpec, what: str) -> None:
                            "skipping with train.max_bad_steps")
 
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+def _groups(batches: Iterator, k: int) -> Iterator[tuple]:
+    """Consecutive groups of ``k`` micro-batches (one optimiser step each); a shorter rest is dropped."""
+    return zip(*[batches] * k)
 
 
-def _stop_now(spec: FitSpec) -> bool:
-    """Whether any data-parallel process was asked to stop (so that all stop at the same step)."""
-    flag = torch.tensor([1.0 if spec.stop_requested() else 0.0])
-    if spec.device.type == "cuda" and torch.distributed.is_initialized():
-        flag = flag.to(spec.device)
-    return bool(all_reduce_sum(flag).item() > 0)
-
-
-def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSpec, epoch: int,
-                    scaler: torch.amp.GradScaler | None = None, start_step: int = 0, partial: dict | None = None,
-                    on_step: Callable[[int, dict], Path | None] | None = None) -> dict[str, float]:
-    """One epoch. ``start_step``/``partial`` continue an epoch interrupted after that many steps (the loader
-    is advanced past them; augmentation and channel dropout depend only on (seed, epoch, step), so the
-    remaining steps are the same as in an uninterrupted run). ``on_step(steps_done, partial)`` is called
-    every ``spec.every_steps`` steps to write a mid-epoch checkpoint."""
+def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch: int, start_step: int = 0,
+                    partial: dict | None = None, on_step: Callable[[int, dict], Path | None] | None = None,
+                    scheduler=None) -> dict[str, float]:
+    """One epoch of optimiser steps, each over ``strategy.grad_accum_steps`` consecutive loader batches
+    (micro-batches; a rest too short for a step is not used). ``start_step``/``partial`` continue an epoch
+    interrupted after that many steps (the loader is advanced past them; augmentation, resolution and channel
+    dropout depend only on (seed, epoch, step), so the remaining steps are the same as in an uninterrupted
+    run). ``on_step(steps_done, partial)`` is called on every process every ``spec.every_steps`` steps to
+    write a mid-epoch checkpoint; a per-step ``scheduler`` (``scheduler.per_step``) is stepped after each step."""
+    model, k = strategy.model, strategy.grad_accum_steps
     model.train()
-    amp_dtype = AMP_DTYPES[spec.precision]
-    loss_sum = torch.zeros((), device=spec.device)
-    correct = torch.zeros((), device=spec.device, dtype=torch.long)
-    seen = torch.zeros((), device=spec.device, dtype=torch.long)
+    steps = len(source) // k
+    if steps == 0 and k > 1:
+        raise DynconvError(f"epoch {epoch} has {len(source)} batches, fewer than train.grad_accum_steps={k}: lower "
+                           "train.grad_accum_steps or train.batch_size")
+    per_step = scheduler is not None and getattr(scheduler, "per_step", False)
+    res = spec.resolution(epoch) if spec.resolution is not None else None
+    acc = torch.zeros(3, device=spec.device, dtype=torch.float64)  # loss sum, correct, seen on this process
     exact_check = spec.device.type == "cpu" or spec.max_bad_steps > 0
     nonfinite = torch.zeros((), device=spec.device, dtype=torch.long)
-    if partial:
-        loss_sum += partial["loss_sum"].to(spec.device)
-        correct += partial["correct"].to(spec.device)
-        seen += partial["seen"].to(spec.device)
+    if partial and strategy.is_main:  # the checkpoint holds the sums over all processes
+        acc += torch.tensor([float(partial[key]) for key in ("loss_sum", "correct", "seen")], dtype=acc.dtype).to(acc)
+
+    def totals() -> dict:  # every process calls this (an all-reduce) at checkpoints
+        t = all_reduce_sum(acc.clone()).cpu()
+        return {"loss_sum": t[0], "correct": t[1], "seen": t[2]}
+
     bar = tqdm(source.epoch(epoch), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
                disable=None, unit="batch")
-    for step, (images, labels) in enumerate(bar):
+    batches = iter(bar)
+    for step, group in enumerate(_groups(batches, k)):
         if step < start_step:
             continue
-        if spec.stop_requested is not None and _stop_now(spec):
-            path = on_step(step, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(), "seen": seen.cpu()}) \
-                if on_step is not None else None
-            raise TrainingPreempted(epoch, step, path)
-        x = spec.train_transform(images, epoch, step)
-        if spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = labels.to(spec.device, non_blocking=True)
+        if spec.stop_requested is not None and any_rank(spec.stop_requested(), spec.device):
+            raise TrainingPreempted(epoch, step, on_step(step, totals()) if on_step is not None else None)
         subset = spec.dropout(epoch, step)
-        with torch.autocast(spec.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = forward_subset(model, x, subset)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        # Checking the loss needs a host sync. Where skipping is allowed, or on the CPU (where a sync is
-        # free), check every step; otherwise accumulate and check at the periodic loss read-out below.
-        if exact_check and not torch.isfinite(loss):
-            spec.bad_steps += 1
-            where = f"epoch {epoch} step {step} (channels {subset}, {y.shape[0]} images)"
-            if spec.bad_steps > spec.max_bad_steps:
-                _diverged(spec, f"the loss was {loss.item()} at {where}")
-            spec.log(f"skipped a non-finite loss ({loss.item()}) at {where} [{spec.bad_steps}/{spec.max_bad_steps}]")
-            continue
-        if not exact_check:
-            nonfinite += ~torch.isfinite(loss.detach())
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        for j, (images, labels) in enumerate(group):
+            x = spec.train_transform(images, epoch, step * k + j)
+            if res is not None:
+                x = resize_batch(x, res)
+            if spec.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels.to(spec.device, non_blocking=True)
+            with strategy.micro_step(final=j == k - 1):
+                with strategy.autocast():
+                    logits = forward_subset(model, x, subset)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
+                # Checking the loss needs a host sync. Where skipping is allowed, or on the CPU (where a sync
+                # is free), check every micro-batch (all processes decide together); otherwise accumulate
+                # and check at the periodic loss read-out below.
+                if exact_check and any_rank(not torch.isfinite(loss), spec.device):
+                    spec.bad_steps += 1
+                    where = f"epoch {epoch} step {step} (channels {subset}, {y.shape[0]} images)"
+                    if spec.bad_steps > spec.max_bad_steps:
+                        _diverged(spec, f"the loss was {loss.item()} at {where}")
+                    spec.log(f"skipped a non-finite loss ({loss.item()}) at {where} "
+                             f"[{spec.bad_steps}/{spec.max_bad_steps}]")
+                    strategy.discard(j)
+                    break
+                if not exact_check:
+                    nonfinite += ~torch.isfinite(loss.detach())
+                strategy.backward(loss)
+            acc[0] += loss.detach().double() * y.shape[0]
+            acc[1] += (logits.argmax(1) == y).sum()
+            acc[2] += y.shape[0]
         else:
-            loss.backward()
-            optimizer.step()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.argmax(1) == y).sum()
-        seen += y.shape[0]
+            strategy.step()
+        if per_step:
+            scheduler.step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if not exact_check and nonfinite.item():
                 _diverged(spec, f"a non-finite loss at epoch {epoch} between steps {max(0, step - 9)} and {step}")
         if on_step is not None and spec.every_steps and (step + 1) % spec.every_steps == 0:
-            on_step(step + 1, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(), "seen": seen.cpu()})
+            on_step(step + 1, totals())
+    for _ in batches:  # the rest too short for a step: let the loader finish its epoch
+        pass
     if not exact_check and nonfinite.item():
         _diverged(spec, f"a non-finite loss in the last steps of epoch {epoch}")
-    totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), seen.double()]))
-    loss_total, correct_total, seen_total = totals.tolist()  # summed over data-parallel processes
+    loss_total, correct_total, seen_total = all_reduce_sum(acc).tolist()  # summed over data-parallel processes
     if seen_total == 0:
         raise DynconvError(f"epoch {epoch} trained on no batch (dataset smaller than train.batch_size, or every "
                            "step skipped): lower train.batch_size or set data.drop_last=false")
-    return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
+    metrics = {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
+    if res is not None:
+        metrics["train_res"] = res
+    return metrics
 
 
 @torch.no_grad()
@@ -163,65 +175,61 @@ def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: 
     return correct / max(1, seen)
 
 
-def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, scheduler, spec: FitSpec,
+def fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler, spec: FitSpec,
         start_epoch: int = 0, before_final: Callable[[nn.Module], None] | None = None,
         resume: dict | None = None) -> Path:
-    """Train epochs ``start_epoch+1 .. spec.epochs``; returns the final checkpoint ``run_dir/model.pt``.
+    """Train epochs ``start_epoch+1 .. spec.epochs`` with a set-up ``strategy``; returns the final checkpoint
+    ``run_dir/model.pt`` (plain fp32 weights, whatever the strategy).
 
-    ``before_final(model)`` runs after the last epoch and before the final checkpoint is written (e.g.
-    per-subset BatchNorm re-estimation)."""
-    hooks = spec.hooks if spec.is_main else []
-    scaler = torch.amp.GradScaler(spec.device.type) if spec.precision == "fp16" else None
+    ``resume``: the client state of the checkpoint continued from (``step``, ``partial``, ``bad_steps``).
+    ``before_final(model)`` runs on every process after the last epoch and before the final checkpoint is
+    written (e.g. per-subset BatchNorm re-estimation)."""
+    hooks = spec.hooks if strategy.is_main else []
     resume = resume or {}
-    if scaler is not None and resume.get("scaler"):
-        scaler.load_state_dict(resume["scaler"])
     spec.bad_steps = int(resume.get("bad_steps", spec.bad_steps))
+    per_step = getattr(scheduler, "per_step", False)
 
-    def state(epoch_done: int, **extra) -> dict:
-        return {"dynconv": spec.manifest, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "epoch": epoch_done, "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state(), **extra}
-    if spec.channels_last:
-        model.to(memory_format=torch.channels_last)
+    def save(epoch_done: int, epoch: int, step: int | None = None, partial: dict | None = None) -> Path | None:
+        state = {"dynconv": spec.manifest, "scheduler": scheduler.state_dict(), "epoch": epoch_done,
+                 "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state()}
+        if step is not None:
+            state.update(step=step, partial=partial)
+        path = strategy.save(state, epoch_checkpoint(spec.run_dir, epoch, step))
+        if strategy.is_main:
+            prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
+        return path
+
     for h in hooks:
         h.on_fit_start({"train_samples": train.num_samples, "val_samples": val.num_samples if val else 0,
-                        "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
+                        "start_epoch": start_epoch, "params": sum(p.numel() for p in strategy.module.parameters())})
     for epoch in range(start_epoch + 1, spec.epochs + 1):
         t0 = time.perf_counter()
         first = epoch == start_epoch + 1
-
-        def save_mid(steps_done: int, partial: dict, epoch: int = epoch) -> Path | None:
-            if not spec.is_main:
-                return None
-            path = atomic_torch_save(state(epoch - 1, step=steps_done, partial=partial),
-                                     epoch_checkpoint(spec.run_dir, epoch, steps_done))
-            prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
-            return path
-
-        metrics = train_one_epoch(model, train, optimizer, spec, epoch, scaler,
-                                  start_step=resume.get("step", 0) if first else 0,
-                                  partial=resume.get("partial") if first else None, on_step=save_mid)
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if not spec.is_main:
-            continue
-        if val is not None:
-            metrics["val_acc"] = accuracy(model, val, spec.eval_transform, spec.device)
-        if spec.epoch_eval is not None:
-            metrics.update(spec.epoch_eval(unwrap(model)))
-        metrics["epoch_time_s"] = time.perf_counter() - t0
-        spec.log(f"epoch {epoch}/{spec.epochs}  " + "  ".join(
-            f"{k} {v:.4g}" for k, v in metrics.items()))
-        path = atomic_torch_save(state(epoch), epoch_checkpoint(spec.run_dir, epoch))
-        prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
+        metrics = train_one_epoch(strategy, train, spec, epoch, start_step=resume.get("step", 0) if first else 0,
+                                  partial=resume.get("partial") if first else None,
+                                  on_step=lambda steps, partial, e=epoch: save(e - 1, e, steps, partial),
+                                  scheduler=scheduler)
+        metrics["lr"] = strategy.optimizer.param_groups[0]["lr"]
+        if not per_step:
+            scheduler.step()
+        module = strategy.eval_module()
+        if strategy.is_main:
+            if val is not None:
+                metrics["val_acc"] = accuracy(module, val, spec.eval_transform, spec.device)
+            if spec.epoch_eval is not None:
+                metrics.update(spec.epoch_eval(module))
+            metrics["epoch_time_s"] = time.perf_counter() - t0
+            spec.log(f"epoch {epoch}/{spec.epochs}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        path = save(epoch, epoch)
         for h in hooks:
             h.on_epoch_end(epoch, metrics)
             h.on_checkpoint(path, epoch)
+    module = strategy.eval_module()
     if before_final is not None:
-        before_final(unwrap(model))  # every process: calibration synchronises statistics across them
+        before_final(module)  # every process: calibration synchronises statistics across them
     final = spec.run_dir / "model.pt"
-    if spec.is_main:
-        atomic_torch_save({"dynconv": spec.manifest, "model": unwrap(model).state_dict(), "epoch": spec.epochs}, final)
+    if strategy.is_main:
+        atomic_torch_save({"dynconv": spec.manifest, "model": module.state_dict(), "epoch": spec.epochs}, final)
         for h in hooks:
             h.on_fit_end(final)
     barrier()

@@ -1,0 +1,189 @@
+"""The one training loop under its strategy interface: gradient accumulation, non-finite micro-batches,
+progressive resizing, a per-step one-cycle schedule that survives a mid-epoch stop, torch.compile, and
+the config checks of the new train.* keys. Tiny in-memory models and batches (fast) unless marked slow."""
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli
+from dynconv.data.loaders import DataSource
+from dynconv.dropout import ChannelDropout
+from dynconv.train import FitSpec, Hook, fit
+from dynconv.train.loop import TrainingPreempted, train_one_epoch
+from dynconv.train.optim import build_scheduler
+from dynconv.train.resize import resolution_at
+from dynconv.train.strategy import build_strategy
+from test_cli import _train_args
+
+CPU = torch.device("cpu")
+
+
+class Tiny(nn.Module):
+    """conv -> (BatchNorm) -> pool -> linear; remembers the input sizes it was trained on."""
+
+    def __init__(self, norm: bool = True):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4) if norm else nn.Identity(), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        self.sizes: list[int] = []
+
+    def forward(self, x, channels=None):
+        if self.training and not torch.compiler.is_compiling():
+            self.sizes.append(x.shape[-1])
+        return self.net(x)
+
+
+def _batches(n: int, size: int = 16, batch: int = 4, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
+             torch.randint(0, 2, (batch,), generator=g)) for _ in range(n)]
+
+
+def _spec(tmp_path, epochs: int, **kw) -> FitSpec:
+    return FitSpec(epochs=epochs, device=CPU, train_transform=lambda x, e, s: x.float() / 255,
+                   eval_transform=lambda x: x.float() / 255, dropout=ChannelDropout("none", 3), run_dir=tmp_path,
+                   manifest={"format_version": 1}, log=lambda _m: None, **kw)
+
+
+def _setup(model, k: int = 1, lr: float = 0.1, compile: bool = False):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    strategy = build_strategy("single", CPU, grad_accum_steps=k)
+    strategy.setup(model, opt, compile=compile)
+    return strategy, opt
+
+
+def test_two_micro_batches_of_4_give_the_update_of_one_batch_of_8(tmp_path):
+    data = _batches(2, batch=4)
+    whole = [(torch.cat([data[0][0], data[1][0]]), torch.cat([data[0][1], data[1][1]]))]
+    results = []
+    for k, batches in ((1, whole), (2, data + _batches(1, seed=9))):  # k=2: the third batch is a rest, unused
+        torch.manual_seed(0)
+        model = Tiny(norm=False)  # no BatchNorm: per-sample maths, so accumulation is exact up to rounding
+        strategy, _ = _setup(model, k=k)
+        metrics = train_one_epoch(strategy, DataSource(batches, None, 8, "memory"), _spec(tmp_path, 1), 1)
+        results.append((dict(model.state_dict()), metrics, len(model.sizes)))
+    (a, ma, na), (b, mb, nb) = results
+    assert (na, nb) == (1, 2)
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    assert ma["train_loss"] == pytest.approx(mb["train_loss"], abs=1e-6)
+
+
+def test_non_finite_micro_batch_drops_the_whole_step(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny(norm=False)
+    strategy, _ = _setup(model, k=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = _spec(tmp_path, 1, max_bad_steps=1)
+    spec.train_transform = lambda x, e, s: x.float() / 255 * (float("nan") if s == 1 else 1.0)
+    train_one_epoch(strategy, DataSource(_batches(2), None, 8, "memory"), spec, 1)  # its only step
+    assert spec.bad_steps == 1 and len(model.sizes) == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # micro-batch 0 discarded too
+
+
+def test_resolution_schedule():
+    assert [resolution_at(e, 16, 32, 2) for e in (1, 2, 3, 4)] == [16, 24, 32, 32]
+    assert [resolution_at(e, 160, 224, 2) for e in (1, 2, 3)] == [160, 192, 224]  # multiples of 32 (FFCV)
+    assert resolution_at(1, 16, 32, 0) == 32
+
+
+def test_progressive_resizing_trains_at_the_scheduled_resolution(tmp_path):
+    class Record(Hook):
+        def __init__(self):
+            self.res = []
+
+        def on_epoch_end(self, epoch, metrics):
+            self.res.append(metrics["train_res"])
+
+    torch.manual_seed(0)
+    model, hook = Tiny(), Record()
+    strategy, opt = _setup(model)
+    spec = _spec(tmp_path, 3, resolution=lambda e: resolution_at(e, 16, 32, 2), hooks=[hook])
+    fit(strategy, DataSource(_batches(2, size=32), None, 8, "memory"), None, build_scheduler(opt, "constant", 3), spec)
+    assert model.sizes == [16, 16, 24, 24, 32, 32] and hook.res == [16, 24, 32]
+
+
+def _onecycle_run(tmp_path, stop_after: int | None = None, resume_from=None) -> list[float]:
+    """LRs of every optimiser step of 2 epochs x 3 steps; optionally stopped before poll ``stop_after``."""
+    torch.manual_seed(0)
+    model = Tiny()
+    strategy, opt = _setup(model)
+    scheduler = build_scheduler(opt, "onecycle", 2, steps_per_epoch=3, pct_start=0.3)
+    lrs = []
+    opt.register_step_pre_hook(lambda o, *_: lrs.append(o.param_groups[0]["lr"]))
+    polls = iter(range(100))
+    spec = _spec(tmp_path, 2, every_steps=1,
+                 stop_requested=(lambda: next(polls) >= stop_after) if stop_after is not None else None)
+    start, resume = 0, None
+    if resume_from is not None:
+        state = strategy.load(resume_from)
+        scheduler.load_state_dict(state["scheduler"])
+        start, resume = state["epoch"], {k: state[k] for k in ("step", "partial") if k in state}
+    fit(strategy, DataSource(_batches(3), None, 12, "memory"), None, scheduler, spec, start_epoch=start, resume=resume)
+    return lrs
+
+
+def test_onecycle_is_stepped_per_step_like_torch_and_resumes_mid_epoch(tmp_path):
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=6, pct_start=0.3, cycle_momentum=False)
+    expected = []
+    for _ in range(6):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert _onecycle_run(tmp_path / "a") == pytest.approx(expected, rel=1e-12)
+
+    with pytest.raises(TrainingPreempted) as stopped:
+        _onecycle_run(tmp_path / "b", stop_after=4)  # polls 0-2: epoch 1; poll 4 = epoch 2 step 1
+    assert (stopped.value.epoch, stopped.value.step) == (2, 1)
+    first = expected[:4]
+    rest = _onecycle_run(tmp_path / "b", resume_from=stopped.value.checkpoint)
+    assert first + rest == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_compile_trains_a_step_and_keeps_plain_weight_names(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    plain_keys = list(model.state_dict())
+    strategy, opt = _setup(model, compile=True)
+    final = fit(strategy, DataSource(_batches(1), None, 4, "memory"), None, build_scheduler(opt, "constant", 1),
+                _spec(tmp_path, 1))
+    saved = torch.load(final, weights_only=True)["model"]
+    assert list(saved) == plain_keys and all(torch.isfinite(v).all() for v in saved.values())
+
+
+# ---- config checks of the new keys: one line, before any data is read ------------------------------------
+
+@pytest.mark.parametrize("extra, env, fragment", [
+    (["train.strategy=single"], {"WORLD_SIZE": "2"}, "train.strategy=single but 2 processes"),
+    (["deepspeed.zero_stage=3"], {}, "deepspeed.zero_stage is set but train.strategy=auto"),
+    (["train.res_start=16", "train.res_end=40"], {}, "must not exceed data.image_size=32"),
+    (["train.res_ramp_epochs=3"], {}, "need train.res_start"),
+    (["train.batch_size=30", "train.grad_accum_steps=4"], {}, "divisible by processes x train.grad_accum_steps"),
+    (["train.scheduler=onecycle", "train.warmup_epochs=1"], {}, "has its own warm-up"),
+])
+def test_bad_training_keys_are_one_line_errors(tiny_data, tmp_path, capsys, monkeypatch, extra, env, fragment):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert run_cli(*_train_args(tiny_data, tmp_path / "run", "tracking.enabled=false", *extra)) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"dynconv: error: .*\n", err) and fragment in err, err
+
+
+@pytest.mark.slow
+def test_grad_accumulation_2x16_matches_1x32(tiny_data, tmp_path, capsys):
+    """Same global batches, one channel subset per optimiser step: only BatchNorm's batch statistics
+    (over 16 instead of 32 images) differ, so the loss curves are close, not equal (the same tolerance as
+    DDP against one process in test_ddp.py; without BatchNorm the update is exact, see above)."""
+    curves = {}
+    for k in (1, 2):
+        capsys.readouterr()
+        assert run_cli(*_train_args(tiny_data, tmp_path / f"k{k}", "train.epochs=2", "data.augment.enabled=false",
+                                    "tracking.enabled=false", "data.num_workers=0", f"train.grad_accum_steps={k}")) == 0
+        out = capsys.readouterr().out
+        curves[k] = [float(x) for x in re.findall(r"^epoch \d+/\d+  train_loss ([0-9.]+)", out, re.M)]
+    assert "16 images per process per micro-step, 2 micro-step(s) per optimiser step" in out
+    assert len(curves[1]) == len(curves[2]) == 2
+    assert all(abs(a - b) < 0.15 for a, b in zip(curves[1], curves[2])), curves
