@@ -79,6 +79,14 @@ def _print_result(result: dict) -> None:
         print(f"MLflow run id: {result['run_id']}  (tracking URI: {result['tracking_uri']})")
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import run_export
+
+    out, what = run_export(a.checkpoint, a.out)
+    print(f"wrote {out}: fp32 weights from {what}")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluation import run_eval
     from .report import print_table, write_reports
@@ -241,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config, then evaluate every channel subset")
     t.add_argument("--config", required=True)
     t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this node (torchrun)")
+    t.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     t.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     t.set_defaults(func=cmd_train)
 
@@ -257,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", default=None,
                    help="RGB-only reference (checkpoint or eval.json): adds rgb_gap = its accuracy - this model's")
     e.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("export", help="consolidate a DeepSpeed (ZeRO) checkpoint into plain weights for 'dynconv eval'")
+    ex.add_argument("checkpoint", help="run.dir, run.dir/checkpoints, a DeepSpeed checkpoint folder or a .pt file")
+    ex.add_argument("out", metavar="OUT.pt")
+    ex.set_defaults(func=cmd_export)
 
     cb = sub.add_parser("calibrate", help="re-estimate per-subset BatchNorm statistics of a checkpoint")
     cb.add_argument("checkpoint")
