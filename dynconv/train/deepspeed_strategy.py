@@ -262,18 +262,20 @@ class DeepSpeedStrategy(Strategy):
         return contextlib.nullcontext()  # the engine's forward autocasts (torch_autocast in the config)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)  # divides by gradient_accumulation_steps itself
+        # DeepSpeed counts micro-steps itself: engine.step() after every backward, and it updates the weights
+        # at the accumulation boundary only (backward divides by gradient_accumulation_steps)
+        self.engine.backward(loss)
+        self.engine.step()
 
     def step(self) -> None:
-        self.engine.step()  # updates at the accumulation boundary only
+        """Nothing left to do: the last micro-step's ``engine.step()`` was the accumulation boundary."""
 
     def discard(self, done: int) -> None:
         """DeepSpeed cannot drop gradients it has already reduced: with ``done`` > 0 micro-batches
         accumulated, the rest of the step back-propagates an exactly-zero loss and the update uses those
         ``done`` micro-batches; with none, the step is skipped."""
         for _ in range(self.grad_accum_steps - done if done else 0):
-            self.engine.backward(sum(p.sum() for p in self.module.parameters() if p.requires_grad) * 0.0)
-            self.engine.step()
+            self.backward(sum(p.sum() for p in self.module.parameters() if p.requires_grad) * 0.0)
 
     def save(self, state: dict, path: Path) -> Path:
         """Every process writes its shard into ``.tmp-<name>``; the main one adds ``dynconv.json`` and renames
