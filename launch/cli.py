@@ -224,6 +224,8 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynconv", description="Train and evaluate channel-adaptive CNNs.")
+    # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
@@ -249,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config, then evaluate every channel subset")
     t.add_argument("--config", required=True)
     t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this node (torchrun)")
-    t.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     t.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     t.set_defaults(func=cmd_train)
 

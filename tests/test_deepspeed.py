@@ -233,3 +233,10 @@ def test_deepspeed_accumulation_matches_one_big_batch_and_survives_non_finite_mi
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ds==single True accumulated==single True updates 4 3 bad 2 skipped differs True" in proc.stdout, proc.stdout
+
+
+def test_cli_accepts_the_deepspeed_launchers_local_rank():
+    from launch.cli import build_parser
+
+    args = build_parser().parse_args(["--local_rank=1", "train", "--config", "run.yaml", "train.strategy=deepspeed"])
+    assert args.command == "train" and args.overrides == ["train.strategy=deepspeed"]

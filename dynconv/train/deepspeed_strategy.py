@@ -313,7 +313,7 @@ class DeepSpeedStrategy(Strategy):
         if record["world_size"] != self.dist.world or record["zero_stage"] != self.stage:
             raise DynconvError(f"{path} was written by ZeRO-{record['zero_stage']} over {record['world_size']} process(es), "
                                f"this run is ZeRO-{self.stage} over {self.dist.world}: resume with the same --nproc and "
-                               f"deepspeed.zero_stage, or start a new run from 'dynconv export {path} OUT.pt'")
+                               f"deepspeed.zero_stage, or take its weights with 'dynconv export {path} OUT.pt'")
         check_safe_to_load(path)
         with _quiet():
             loaded, client = self.engine.load_checkpoint(str(path.parent), tag=path.name,
