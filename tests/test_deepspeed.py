@@ -2,12 +2,15 @@
 bitwise resume from DeepSpeed's own checkpoint folders, `dynconv export` into `dynconv eval`, and the
 config merge/validation errors."""
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,6 +21,10 @@ from dynconv.errors import DynconvError
 from dynconv.train.deepspeed_strategy import derive_config
 from dynconv.train.strategy import DeepSpeedOptions
 from test_cli import _assert_one_line_error, _cli, _train_args
+
+ROOT = Path(__file__).parents[1]
+# scripts run in subprocesses import this checkout's dynconv and the helpers of test_strategies.py
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
 
 COMMON = ["train.epochs=2", "train.every_steps=3", "train.keep_checkpoints=3", "data.augment.enabled=false",
           "tracking.enabled=false", "data.num_workers=0"]
@@ -197,7 +204,6 @@ def test_bad_deepspeed_config_is_one_line_error(tiny_data, tmp_path):
 ACCUMULATION_CHECK = r"""
 import sys, torch
 from pathlib import Path
-sys.path.insert(0, "tests")
 from test_strategies import Tiny, _batches, _spec
 from dynconv.data.loaders import DataSource
 from dynconv.train.distributed import init_distributed
@@ -230,7 +236,7 @@ def test_deepspeed_accumulation_matches_one_big_batch_and_survives_non_finite_mi
     micro-batch (the second of step 0: the update uses the first; the first of step 3: step skipped) is
     skipped without upsetting DeepSpeed's micro-step count."""
     proc = subprocess.run([sys.executable, "-c", ACCUMULATION_CHECK, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=SCRIPT_ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ds==single True accumulated==single True updates 4 3 bad 2 skipped differs True" in proc.stdout, proc.stdout
 
@@ -240,3 +246,46 @@ def test_cli_accepts_the_deepspeed_launchers_local_rank():
 
     args = build_parser().parse_args(["--local_rank=1", "train", "--config", "run.yaml", "train.strategy=deepspeed"])
     assert args.command == "train" and args.overrides == ["train.strategy=deepspeed"]
+
+
+TWO_PROCESS_ACCUMULATION = r"""
+import sys, torch
+from pathlib import Path
+from test_strategies import Tiny, _batches, _spec
+from dynconv.data.loaders import DataSource
+from dynconv.train.distributed import init_distributed
+from dynconv.train.loop import train_one_epoch
+from dynconv.train.strategy import DeepSpeedOptions, build_strategy
+
+info = init_distributed(False, always=True)
+data = _batches(8)  # 4 steps x 2 micro-batches x 4 images, globally
+mine = [(x[2 * info.rank:2 * info.rank + 2], y[2 * info.rank:2 * info.rank + 2]) for x, y in data]
+result = []
+for name in ("ddp", "deepspeed", "single"):  # single: on both processes (its metrics are all-reduced)
+    torch.manual_seed(0)
+    model = Tiny(norm=False)
+    k, batches = (2, mine) if name != "single" else (1, [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+                                                         for a, b in zip(data[::2], data[1::2])])
+    strategy = build_strategy(name, torch.device("cpu"), info if name != "single" else type(info)(), grad_accum_steps=k,
+                              global_batch=8, deepspeed=DeepSpeedOptions(zero_stage=2))
+    strategy.setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    train_one_epoch(strategy, DataSource(batches, None, 32, "memory"), _spec(Path(sys.argv[1]), 1), 1)
+    result.append(model.state_dict())
+if info.rank == 0:
+    ddp, ds, single = result
+    close = lambda a, b: all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    print("ddp==single", close(ddp, single), "zero2==single", close(ds, single))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_accumulation_with_ddp_and_zero2_equals_one_batch(tmp_path):
+    """2 processes x 2 micro-batches of 2 images = one batch of 8 (no BatchNorm: exact up to rounding):
+    DDP's no_sync on the first micro-step and DeepSpeed's accumulation boundary both reduce correctly."""
+    script = tmp_path / "check.py"
+    script.write_text(TWO_PROCESS_ACCUMULATION)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env=SCRIPT_ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ddp==single True zero2==single True" in proc.stdout, proc.stdout
