@@ -214,6 +214,89 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(a: argparse.Namespace) -> int:
+    from slurm.executor import Resources, default_cluster
+    from slurm.submit import submit
+
+    res = Resources(nodes=a.nodes, tasks_per_node=a.tasks_per_node, gpus_per_node=a.gpus_per_node,
+                    cpus_per_task=a.cpus_per_task, mem=a.mem, time_min=a.time, partition=a.partition,
+                    account=a.account, qos=a.qos, constraint=a.constraint, max_parallel=a.max_parallel,
+                    signal_delay_s=a.signal_delay, name=a.name)
+    cluster = a.cluster or default_cluster()
+    out = submit(a.config, a.overrides, res, cluster=cluster, root=Path(a.folder), array_file=a.array,
+                 command=a.run, dry_run=a.dry_run)
+    if a.dry_run:
+        print(out["script"], end="")
+        return 0
+    ids = [j.job_id for j in out["jobs"]]
+    print(f"submitted {len(ids)} job(s) to {cluster}: {', '.join(ids)}  (folder {out['folder']})")
+    if not (a.wait or cluster != "slurm"):
+        print(f"follow with: dynconv jobs --folder {a.folder} | dynconv logs {ids[0]} --folder {a.folder}")
+        return 0
+    failed = 0
+    for job in out["jobs"]:
+        try:
+            results = job.results()
+        except Exception as e:
+            failed += 1
+            print(f"job {job.job_id} failed: {str(e).strip().splitlines()[-1][:300]}", file=sys.stderr)
+            continue
+        main = next((r for r in results if isinstance(r, dict) and r.get("rank", 0) == 0), results[0])
+        line = f"job {job.job_id} finished"
+        if isinstance(main, dict) and main.get("summary"):
+            s = main["summary"]
+            line += (f": mean subset accuracy {100 * s['mean_subset_acc']:.2f}%, worst {100 * s['worst_subset_acc']:.2f}%"
+                     f" | MLflow run {main['run_id']} | {main['run_dir']}")
+        print(line)
+    return 1 if failed else 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from slurm.submissions import job_rows
+
+    rows = job_rows(Path(a.folder))
+    cols = ("job", "state", "cluster", "mlflow_run", "what", "run_dir", "submitted")
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    return 0
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    from slurm.submissions import find_job, log_path
+
+    rec, job = find_job(Path(a.folder), a.job_id)
+    path = log_path(rec, job, a.task, a.stderr)
+    if not path.exists():
+        raise DynconvError(f"job {a.job_id} has no log {path.name} yet (still pending?): try again, or "
+                           f"'dynconv jobs --folder {a.folder}'")
+    sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    import subprocess
+
+    from slurm.submissions import find_job
+
+    rec, job = find_job(Path(a.folder), a.job_id)
+    if rec["cluster"] != "slurm":
+        raise DynconvError(f"job {a.job_id} ran on the {rec['cluster']} executor; only Slurm jobs can be cancelled")
+    r = subprocess.run(["scancel", a.job_id], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DynconvError(f"scancel {a.job_id} failed: {r.stderr.strip() or r.returncode}")
+    print(f"cancelled {a.job_id}")
+    return 0
+
+
+def command_names() -> list[str]:
+    """The top-level subcommands (``train``, ``eval``, ...)."""
+    parser = build_parser()
+    sub = next(act for act in parser._actions if isinstance(act, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynconv", description="Train and evaluate channel-adaptive CNNs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -323,6 +406,48 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quick", action="store_true", help="CPU size: at most 3 epochs at 32 px")
     ab.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     ab.set_defaults(func=cmd_ablate)
+
+    sb = sub.add_parser("submit", help="submit a training (or any dynconv command) to Slurm via submitit")
+    sb.add_argument("--config", default=None, help="training config (YAML)")
+    sb.add_argument("--run", default=None, metavar="'COMMAND ...'",
+                    help="instead of training: a dynconv command line to run in the job, e.g. 'ablate --config c.yaml --out abl'")
+    sb.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                    help="default: slurm where sbatch is on PATH, else local processes")
+    sb.add_argument("--nodes", type=int, default=1)
+    sb.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
+    sb.add_argument("--tasks-per-node", type=int, default=1, help="data-parallel processes per node without GPUs")
+    sb.add_argument("--cpus-per-task", type=int, default=1)
+    sb.add_argument("--mem", default=None, help="memory per node, e.g. 16G")
+    sb.add_argument("--time", type=int, default=60, help="walltime in minutes")
+    sb.add_argument("--partition", default=None)
+    sb.add_argument("--account", default=None)
+    sb.add_argument("--qos", default=None)
+    sb.add_argument("--constraint", default=None)
+    sb.add_argument("--array", default=None, metavar="FILE.yaml", help="YAML list of override sets: one array element each")
+    sb.add_argument("--max-parallel", type=int, default=None, help="array elements running at once")
+    sb.add_argument("--signal-delay", type=int, default=120, help="seconds before the limit Slurm sends USR2 (checkpoint + requeue)")
+    sb.add_argument("--name", default="dynconv", help="job name")
+    sb.add_argument("--folder", default="jobs", help="where submission folders go (mode 0700)")
+    sb.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
+    sb.add_argument("--wait", action="store_true", help="wait for the job(s) and print their results (always for local/debug)")
+    sb.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    sb.set_defaults(func=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list submitted jobs: id, state, MLflow run, run folder")
+    jb.add_argument("--folder", default="jobs")
+    jb.set_defaults(func=cmd_jobs)
+
+    lg = sub.add_parser("logs", help="print a submitted job's output")
+    lg.add_argument("job_id")
+    lg.add_argument("--folder", default="jobs")
+    lg.add_argument("--task", type=int, default=0, help="task (rank) whose log to show")
+    lg.add_argument("--stderr", action="store_true", help="the error stream instead of stdout")
+    lg.set_defaults(func=cmd_logs)
+
+    cn = sub.add_parser("cancel", help="cancel a submitted Slurm job")
+    cn.add_argument("job_id")
+    cn.add_argument("--folder", default="jobs")
+    cn.set_defaults(func=cmd_cancel)
 
     d = sub.add_parser("demo", help="synthesise data, convert to FFCV, train, evaluate, log to MLflow")
     d.add_argument("--out", default="demo-out")
