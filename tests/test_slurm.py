@@ -169,3 +169,15 @@ def test_bad_input_is_one_line_and_submits_nothing(tiny_data, tmp_path, capsys, 
     assert message in err and len(err.splitlines()) == 1, err
     assert not list((tmp_path / "jobs").glob("*/submission.json"))
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
+
+
+def test_local_executor_runs_the_same_job_without_slurm(tiny_data, tmp_path, capsys):
+    root = tmp_path / "jobs"
+    assert run_cli("submit", "--cluster", "local", "--folder", root, "--time", "30", *_train(tiny_data)) == 0
+    assert "finished: mean subset accuracy" in capsys.readouterr().out
+    (rec,) = _records(root)
+    (job,) = rec["jobs"]
+    client, run_id = _mlflow(job["run_dir"])
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert run_cli("jobs", "--folder", root) == 0
+    assert f"{job['job_id']}  COMPLETED  local" in capsys.readouterr().out
