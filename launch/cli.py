@@ -215,16 +215,17 @@ def cmd_ablate(a: argparse.Namespace) -> int:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from slurm.executor import Resources, default_cluster
+    from slurm.executor import default_cluster
     from slurm.submit import submit
 
-    res = Resources(nodes=a.nodes, tasks_per_node=a.tasks_per_node, gpus_per_node=a.gpus_per_node,
-                    cpus_per_task=a.cpus_per_task, mem=a.mem, time_min=a.time, partition=a.partition,
-                    account=a.account, qos=a.qos, constraint=a.constraint, max_parallel=a.max_parallel,
-                    signal_delay_s=a.signal_delay, name=a.name)
     cluster = a.cluster or default_cluster()
-    out = submit(a.config, a.overrides, res, cluster=cluster, root=Path(a.folder), array_file=a.array,
+    out = submit(a.config, a.overrides, _resources(a), cluster=cluster, root=Path(a.folder), array_file=a.array,
                  command=a.run, dry_run=a.dry_run)
+    return _report_submission(out, a, cluster)
+
+
+def _report_submission(out: dict, a: argparse.Namespace, cluster: str) -> int:
+    """Print the script (dry run) or the job ids; wait for the results where asked (always off Slurm)."""
     if a.dry_run:
         print(out["script"], end="")
         return 0
@@ -243,7 +244,9 @@ def cmd_submit(a: argparse.Namespace) -> int:
             continue
         main = next((r for r in results if isinstance(r, dict) and r.get("rank", 0) == 0), results[0])
         line = f"job {job.job_id} finished"
-        if isinstance(main, dict) and main.get("summary"):
+        if isinstance(main, dict) and isinstance(main.get("summary"), str):  # a sweep: its summary table
+            line += f": {main['status']}, best config {main['best_config']}\n{main['summary']}"
+        elif isinstance(main, dict) and main.get("summary"):
             s = main["summary"]
             line += (f": mean subset accuracy {100 * s['mean_subset_acc']:.2f}%, worst {100 * s['worst_subset_acc']:.2f}%"
                      f" | MLflow run {main['run_id']} | {main['run_dir']}")
@@ -295,6 +298,37 @@ def command_names() -> list[str]:
     parser = build_parser()
     sub = next(act for act in parser._actions if isinstance(act, argparse._SubParsersAction))
     return list(sub.choices)
+
+
+def _add_resource_args(p: argparse.ArgumentParser) -> None:
+    """Where and with what a job runs: shared by ``submit`` and ``sweep --on-slurm``."""
+    g = p.add_argument_group("job resources (submitit)")
+    g.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                    help="default: slurm where sbatch is on PATH, else local processes")
+    g.add_argument("--nodes", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
+    g.add_argument("--tasks-per-node", type=int, default=1, help="data-parallel processes per node without GPUs")
+    g.add_argument("--cpus-per-task", type=int, default=1)
+    g.add_argument("--mem", default=None, help="memory per node, e.g. 16G")
+    g.add_argument("--time", type=int, default=60, help="walltime in minutes")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--constraint", default=None)
+    g.add_argument("--signal-delay", type=int, default=120, help="seconds before the limit Slurm sends USR2 (checkpoint + requeue)")
+    g.add_argument("--name", default="dynconv", help="job name")
+    g.add_argument("--folder", default="jobs", help="where submission folders go (mode 0700)")
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
+    g.add_argument("--wait", action="store_true", help="wait for the job(s) and print their results (always for local/debug)")
+
+
+def _resources(a: argparse.Namespace):
+    from slurm.executor import Resources
+
+    return Resources(nodes=a.nodes, tasks_per_node=a.tasks_per_node, gpus_per_node=a.gpus_per_node,
+                     cpus_per_task=a.cpus_per_task, mem=a.mem, time_min=a.time, partition=a.partition,
+                     account=a.account, qos=a.qos, constraint=a.constraint,
+                     max_parallel=getattr(a, "max_parallel", None), signal_delay_s=a.signal_delay, name=a.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,25 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--config", default=None, help="training config (YAML)")
     sb.add_argument("--run", default=None, metavar="'COMMAND ...'",
                     help="instead of training: a dynconv command line to run in the job, e.g. 'ablate --config c.yaml --out abl'")
-    sb.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
-                    help="default: slurm where sbatch is on PATH, else local processes")
-    sb.add_argument("--nodes", type=int, default=1)
-    sb.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
-    sb.add_argument("--tasks-per-node", type=int, default=1, help="data-parallel processes per node without GPUs")
-    sb.add_argument("--cpus-per-task", type=int, default=1)
-    sb.add_argument("--mem", default=None, help="memory per node, e.g. 16G")
-    sb.add_argument("--time", type=int, default=60, help="walltime in minutes")
-    sb.add_argument("--partition", default=None)
-    sb.add_argument("--account", default=None)
-    sb.add_argument("--qos", default=None)
-    sb.add_argument("--constraint", default=None)
+    _add_resource_args(sb)
     sb.add_argument("--array", default=None, metavar="FILE.yaml", help="YAML list of override sets: one array element each")
     sb.add_argument("--max-parallel", type=int, default=None, help="array elements running at once")
-    sb.add_argument("--signal-delay", type=int, default=120, help="seconds before the limit Slurm sends USR2 (checkpoint + requeue)")
-    sb.add_argument("--name", default="dynconv", help="job name")
-    sb.add_argument("--folder", default="jobs", help="where submission folders go (mode 0700)")
-    sb.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
-    sb.add_argument("--wait", action="store_true", help="wait for the job(s) and print their results (always for local/debug)")
     sb.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     sb.set_defaults(func=cmd_submit)
 

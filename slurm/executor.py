@@ -37,6 +37,7 @@ class Resources:
     max_parallel: int | None = None  # array jobs: elements running at once
     signal_delay_s: int = 120        # USR2 this long before the time limit: checkpoint + requeue
     name: str = "dynconv"
+    task_per_gpu: bool = True        # data-parallel training: one task per GPU; a Ray node: one task per node
 
     def check(self) -> None:
         for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
@@ -53,7 +54,7 @@ class Resources:
 
     def generic_parameters(self) -> dict:
         """submitit ``AutoExecutor.update_parameters`` keywords (``slurm_*`` ones are ignored elsewhere)."""
-        tasks = max(self.tasks_per_node, self.gpus_per_node)  # one task per GPU
+        tasks = max(self.tasks_per_node, self.gpus_per_node if self.task_per_gpu else 1)
         params = {"name": self.name, "timeout_min": self.time_min, "nodes": self.nodes, "tasks_per_node": tasks,
                   "cpus_per_task": self.cpus_per_task, "slurm_signal_delay_s": self.signal_delay_s}
         if self.gpus_per_node:

@@ -98,22 +98,50 @@ def submit(config: str | None, overrides: list[str], res: Resources, *, cluster:
     if dry_run:
         return {"script": sbatch_script(Path(folder) / "logs", res, len(array) if array else None)}
 
+    def calls_for(folder: Path) -> tuple[list, list[dict]]:
+        if config is None:
+            return [CliJob(argv)], [{"what": what, "config": None, "run_dir": None}]
+        frozen = _frozen_configs(config, overrides, array, folder, array_file)
+        _prepare_tracking(frozen[0][1])
+        calls, entries = [], []
+        for i, (text, cfg, label) in enumerate(frozen):
+            cfg_file = folder / (f"config_{i}.yaml" if array is not None else "config.yaml")
+            cfg_file.write_text(text)
+            calls.append(TrainJob(str(cfg_file), []))
+            entries.append({"what": label, "config": str(cfg_file), "run_dir": cfg.run.dir})
+        return calls, entries
+
+    return dispatch(calls_for, res, cluster, root, array=array is not None,
+                    meta={"config": config, "overrides": overrides, "array_file": array_file})
+
+
+def submit_sweep(sweep_kwargs: dict, res: Resources, *, cluster: str, root: Path, dry_run: bool = False) -> dict:
+    """Run ``sweeps.runner.run_sweep(**sweep_kwargs)`` in one job: Ray head on the first node, workers on the
+    others (one task per node)."""
+    from .ray_job import SweepJob
+
+    res.check()
+    if cluster == "slurm":
+        check_against_cluster(res)
+    res.tasks_per_node, res.task_per_gpu = 1, False  # one Ray node per Slurm node; Ray places trials on its GPUs
+    if dry_run:
+        return {"script": sbatch_script(root / f"<timestamp>-{res.name}" / "logs", res)}
+    what = f"sweep {Path(sweep_kwargs['out']).name}"
+    return dispatch(lambda folder: ([SweepJob(str(folder), sweep_kwargs)],
+                                    [{"what": what, "config": sweep_kwargs.get("config"), "run_dir": None,
+                                      "sweep_dir": str(sweep_kwargs["out"])}]),
+                    res, cluster, root, array=False, meta={"sweep": sweep_kwargs})
+
+
+def dispatch(calls_for, res: Resources, cluster: str, root: Path, *, array: bool, meta: dict) -> dict:
+    """Create the submission folder, build the callables in it (``calls_for(folder) -> (calls, entries)``),
+    submit them (as one array job if ``array``), record the submission. Nothing submitted: no folder left."""
     folder = new_submission_dir(root, res.name)
     try:
-        if config is not None:
-            frozen = _frozen_configs(config, overrides, array, folder, array_file)
-            _prepare_tracking(frozen[0][1])
-            calls, entries = [], []
-            for i, (text, cfg, label) in enumerate(frozen):
-                cfg_file = folder / (f"config_{i}.yaml" if array is not None else "config.yaml")
-                cfg_file.write_text(text)
-                calls.append(TrainJob(str(cfg_file), []))
-                entries.append({"what": label, "config": str(cfg_file), "run_dir": cfg.run.dir})
-        else:
-            calls, entries = [CliJob(argv)], [{"what": what, "config": None, "run_dir": None}]
+        calls, entries = calls_for(folder)
         ex = make_executor(folder / "logs", cluster, res)
         try:
-            jobs = ex.submit_array(calls) if array is not None else [ex.submit(calls[0])]
+            jobs = ex.submit_array(calls) if array else [ex.submit(calls[0])]
         except Exception as e:  # sbatch's own refusal (bad account/qos/constraint, ...)
             lines = [ln for ln in str(e).splitlines() if "error" in ln.lower()] or str(e).splitlines() or [repr(e)]
             raise DynconvError(f"the scheduler refused the job: {lines[-1].strip()[:200]}") from None
@@ -125,8 +153,7 @@ def submit(config: str | None, overrides: list[str], res: Resources, *, cluster:
         raise
     for job, entry in zip(jobs, entries):
         entry["job_id"] = str(job.job_id)
-    record = {"submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "cluster": cluster, "config": config,
-              "overrides": overrides, "array_file": array_file, "resources": res.__dict__,
-              "executor_folder": str(folder / "logs"), "jobs": entries}
+    record = {"submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "cluster": cluster, **meta,
+              "resources": res.__dict__, "executor_folder": str(folder / "logs"), "jobs": entries}
     write_record(folder, record)
     return {"folder": folder, "jobs": jobs, "record": record}
