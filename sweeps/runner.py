@@ -23,15 +23,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-import yaml
-
 from dynconv.channels import parse_subsets, subset_name, validate_channels
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 from launch.config import dump_yaml, load_config
 from launch.tracking import RUN_FILE, MlflowTracker, default_tracking_uri, mlflow_client
 
-from .space import SearchSpace, apply_params, parse_space, plain
+from .space import SearchSpace, apply_params, parse_space, plain, read_space_file
 from .trainable import TRIAL_FILE, TrialSetup, train_trial
 
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -117,12 +115,6 @@ def _check(spec: SweepSpec) -> SearchSpace:
         raise DynconvError(f"--scheduler {spec.scheduler}: choose one of {', '.join(SCHEDULERS)}")
     if spec.search not in SEARCHES:
         raise DynconvError(f"--search {spec.search}: choose one of {', '.join(SEARCHES)}")
-    for key in ("train", "val"):
-        path = spec.base["data"].get(key)
-        if not path:
-            raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
-        if not Path(path).exists():  # checked here rather than once per trial
-            raise DynconvError(f"data.{key} {path} does not exist: pass a .beton file or an image folder")
     space = spec.search_space()
     space.param_space(spec.search)  # grid needs finite values, optuna no grid axes
     if spec.search == "optuna":
@@ -147,6 +139,12 @@ def _check(spec: SweepSpec) -> SearchSpace:
             raise DynconvError(f"--perturbation-interval {spec.perturbation_interval} must be at least 1 and less "
                                f"than train.epochs={spec.epochs} (PBT acts between epochs)")
         space.pbt_mutations()
+    for key in ("train", "val"):
+        path = spec.base["data"].get(key)
+        if not path:
+            raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
+        if not Path(path).exists():  # checked here rather than once per trial
+            raise DynconvError(f"data.{key} {path} does not exist: pass a .beton file or an image folder")
     return space
 
 
@@ -158,15 +156,7 @@ def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None,
     if config is not None or overrides:
         cfg = load_config(config, list(overrides))
         given_base = _absolute_paths(cfg.model_dump())
-    given_space = None
-    if space is not None:
-        path = Path(space)
-        if not path.is_file():
-            raise DynconvError(f"search space {path} does not exist: pass a YAML file such as sweeps/spaces/dropout.yaml")
-        try:
-            given_space = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise DynconvError(f"search space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    given_space = read_space_file(space) if space is not None else None
     if options.get("resources") is not None:
         options["resources"] = parse_resources(options["resources"])
     if resume:
@@ -185,17 +175,18 @@ def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None,
         return spec
     if config is None or space is None:
         raise DynconvError("dynconv sweep needs --config CFG and --space SPACE.yaml (or --resume with --out DIR)")
-    values = {k: options.get(k) if options.get(k) is not None else DEFAULTS.get(k) for k in options}
+    epochs = int(given_base["train"]["epochs"])
+    defaults = {**DEFAULTS, "num_samples": 1 if options["search"] == "grid" else 10,
+                "perturbation_interval": max(1, epochs // 4)}
+    values = {k: v if v is not None else defaults.get(k) for k, v in options.items()}
     if isinstance(values["resources"], str):
         values["resources"] = parse_resources(values["resources"])
-    search = values["search"]
-    epochs = int(given_base["train"]["epochs"])
     spec = SweepSpec(
-        base=given_base, space=given_space, space_path=str(space), scheduler=values["scheduler"], search=search,
-        num_samples=values["num_samples"] or (1 if search == "grid" else 10), max_concurrent=values["max_concurrent"],
+        base=given_base, space=given_space, space_path=str(space), scheduler=values["scheduler"],
+        search=values["search"], num_samples=int(values["num_samples"]), max_concurrent=values["max_concurrent"],
         metric=values["metric"], resources=values["resources"], grace_period=int(values["grace_period"]),
         reduction_factor=float(values["reduction_factor"]),
-        perturbation_interval=int(values["perturbation_interval"] or max(1, epochs // 4)), seed=int(values["seed"]))
+        perturbation_interval=int(values["perturbation_interval"]), seed=int(values["seed"]))
     _check(spec)
     return spec
 

@@ -212,12 +212,16 @@ def parse_space(raw, where: str, base: dict | None = None) -> SearchSpace:
     return SearchSpace(where, raw, tuple(dims))
 
 
-def load_space(path: str | Path, base: dict | None = None) -> SearchSpace:
+def read_space_file(path: str | Path):
+    """The file's YAML content (validated by :func:`parse_space`)."""
     path = Path(path)
     if not path.is_file():
         raise DynconvError(f"search space {path} does not exist: pass a YAML file such as sweeps/spaces/dropout.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise DynconvError(f"search space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_space(raw, str(path), base)
+
+
+def load_space(path: str | Path, base: dict | None = None) -> SearchSpace:
+    return parse_space(read_space_file(path), str(path), base)
