@@ -199,6 +199,27 @@ def test_rescale_lr_moves_a_resumed_schedule_to_the_new_rate():
         ref_sched.step()
 
 
+def test_shipped_dropout_space_samples_valid_configs():
+    import numpy as np
+
+    from dynconv.dropout import ChannelDropout
+    from launch.config import load_config
+    from sweeps.space import apply_params, load_space
+
+    base = load_config(CONFIG).model_dump()
+    space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / "dropout.yaml", base)
+    assert set(space.keys) == {"dropout.kind", "dropout.p", "dropout.weights", "dropout.curriculum",
+                               "dropout.ramp_epochs", "dropout.steps", "train.lr", "model.stem_mode"}
+    assert set(space.pbt_mutations()) == set(space.keys) - {"model.stem_mode"}
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # every sample is a config the trainer accepts, with a schedule that builds
+        params = {d.key: d.domain().sample(random_state=rng) for d in space.dims}
+        d = apply_params(base, params).dropout
+        schedule = ChannelDropout(d.kind, 3, p=d.p, weights=d.weights, curriculum=d.curriculum,
+                                  ramp_epochs=d.ramp_epochs, steps=d.steps, channels="RGB")
+        assert schedule.probabilities(1).sum() == pytest.approx(1)
+
+
 @pytest.mark.parametrize("space, message", [
     ("dropout.pp: {uniform: [0.1, 0.5]}\n", "unknown config key 'dropout.pp': did you mean 'dropout.p'?"),
     ("dropout.p: {uniform: [0.1, 1.5]}\n", "config key 'dropout.p': Input should be less than 1"),
@@ -226,6 +247,7 @@ def test_bad_search_space_is_one_line_error(tmp_path, capsys, space, message):
     (["--resources-per-trial", "cpu=1,tpu=2"], "--resources-per-trial 'cpu=1,tpu=2'"),
     (["--scheduler", "hyperband"], "--scheduler hyperband: choose one of asha, pbt, fifo"),
     (["--resume"], "holds no Ray Tune state to resume"),
+    ([], "data.train demo-out/data/train.beton does not exist"),
 ])
 def test_bad_sweep_options_are_one_line_errors(tmp_path, capsys, args, message):
     path = _space(tmp_path / "space.yaml", "train.lr: {loguniform: [0.001, 0.1]}\n")
@@ -234,6 +256,12 @@ def test_bad_sweep_options_are_one_line_errors(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("dynconv: error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_pbt_needs_a_key_it_can_mutate(tmp_path, capsys):
+    path = _space(tmp_path / "space.yaml", "model.stem_mode: {choice: [prefix, slice]}\n")
+    assert run_cli("sweep", "--config", CONFIG, "--space", path, "--scheduler", "pbt", "--out", tmp_path / "o") == 2
+    assert "--scheduler pbt mutates train.lr and dropout.* keys" in capsys.readouterr().err
 
 
 def test_optuna_search_without_optuna_says_how_to_install(tmp_path, capsys):
