@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -9,8 +10,8 @@ from ray.tune import Callback
 class ProgressLines(Callback):
     """Prints ``[sweep] <trial> started|finished|stopped early|failed ...`` lines (stateless: resumable)."""
 
-    def __init__(self, metric: str):
-        self.metric = metric
+    def __init__(self, metric: str, trials_dir: str):
+        self.metric, self.trials_dir = metric, trials_dir
 
     @staticmethod
     def _print(text: str) -> None:
@@ -33,4 +34,7 @@ class ProgressLines(Callback):
         self._print(f"{trial.trial_id} {how} at epoch {result.get('epoch', 0)}: {score} ({self._done(trials, trial)} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(f"{trial.trial_id} failed ({self._done(trials, trial)} done); see its train.log and {trial.path}/error.txt")
+        log = Path(self.trials_dir) / trial.trial_id / "train.log"
+        last = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+        reason = last[0] if last and last[0].startswith("dynconv: error: ") else f"see {log}"
+        self._print(f"{trial.trial_id} failed ({self._done(trials, trial)} done): {reason.removeprefix('dynconv: ')}")

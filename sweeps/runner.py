@@ -244,6 +244,8 @@ def _tuner(spec: SweepSpec, space: SearchSpace, setup: TrialSetup, out: Path, re
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    if verbose < 2:  # a failed trial is one line (progress, summary); its traceback is in its error.txt
+        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), spec.resources)
     if resume:
         return tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
@@ -272,7 +274,7 @@ def _tuner(spec: SweepSpec, space: SearchSpace, setup: TrialSetup, out: Path, re
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(out), stop={"epoch": spec.epochs}, verbose=max(0, verbose - 1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if spec.scheduler == "pbt" else 1),
-            callbacks=([ProgressLines(spec.metric)] if verbose == 1 else []) + list(callbacks)))
+            callbacks=([ProgressLines(spec.metric, setup.trials_dir)] if verbose == 1 else []) + list(callbacks)))
 
 
 # ---- results ------------------------------------------------------------------------------------------
@@ -297,7 +299,7 @@ def _rows(results, spec: SweepSpec, trials_dir: Path) -> list[TrialRow]:
         df = r.metrics_dataframe
         state_file = trials_dir / trial / TRIAL_FILE
         exploits = len(json.loads(state_file.read_text())["exploits"]) if state_file.exists() else 0
-        error = str(r.error).strip().splitlines()[-1][:200] if r.error else None
+        error = str(r.error).strip().splitlines()[-1].split("DynconvError: ")[-1][:200] if r.error else None
         rows.append(TrialRow(trial, plain(dict(r.config or {})), int(m.get("epoch", 0)),
                              len(df) if df is not None else int(m.get("epoch", 0)), m.get(spec.metric),
                              bool(m.get("final_eval")), error, exploits))

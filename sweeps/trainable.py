@@ -196,7 +196,11 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         tags["mlflow.parentRunId"] = setup.parent_run_id
     _tag_mlflow_run(run_dir, tags)  # a new run gets them from the trainer
 
-    reporter = TuneReporter(cfg.train.epochs, trial_id)
-    result = run_training(cfg, log=_file_log(run_dir / "train.log"), tags=tags, hooks=[reporter])
+    reporter, log = TuneReporter(cfg.train.epochs, trial_id), _file_log(run_dir / "train.log")
+    try:
+        result = run_training(cfg, log=log, tags=tags, hooks=[reporter])
+    except Exception as e:
+        log(f"dynconv: error: {e}")
+        raise
     final = {**reporter.last, **final_metrics(result["report"]), "epoch": cfg.train.epochs, "final_eval": 1.0}
     report(final, latest_checkpoint(run_dir), trial_id)

@@ -169,6 +169,22 @@ def test_pbt_exploits_a_stronger_trial(tiny_data, ray_cluster, sweep_root):
     assert load_config(out / "trials" / trial["trial"] / "config.yaml").train.lr == trial["params"]["train.lr"]
 
 
+@pytest.mark.slow
+def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, sweep_root, capsys):
+    from mlflow.tracking import MlflowClient
+
+    out = sweep_root / "fail"
+    space = _space(sweep_root / "fail.yaml", "dropout.kind: {grid: [weighted_subsets]}\n")  # no dropout.weights
+    assert run_cli("sweep", "--config", CONFIG, "--space", space, "--search", "grid", "--out", out, "--quiet",
+                   *_overrides(tiny_data, 2)) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("dynconv: error: every trial of the sweep failed (first: dropout.weights needs subset "
+                           "names of 'RGB'"), last
+    info = json.loads((out / "mlflow_run.json").read_text())
+    assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FAILED"
+    assert not (out / "best.yaml").exists()
+
+
 def test_rescale_lr_moves_a_resumed_schedule_to_the_new_rate():
     from dynconv.train import build_optimizer, build_scheduler
     from sweeps.trainable import rescale_lr
