@@ -261,8 +261,10 @@ def _tuner(spec: SweepSpec, space: SearchSpace, setup: TrialSetup, out: Path, re
         scheduler = FIFOScheduler()
     max_concurrent = None
     if spec.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         search_alg, max_concurrent = OptunaSearch(seed=spec.seed), spec.max_concurrent
     else:
         search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0, random_state=spec.seed)
@@ -333,10 +335,11 @@ def _fmt(value) -> str:
 
 
 def markdown(rows: list[TrialRow], spec: SweepSpec, keys: list[str], interrupted: bool) -> str:
+    """The summary table: finished trials first, best first."""
     extra = ["exploits"] if spec.scheduler == "pbt" else []
     head = ["trial", *keys, "epochs", f"{spec.metric} (%)", "stopped early", *extra]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * len(keys) + "---:|---:|---|" + "---:|" * len(extra)]
-    for row in sorted(rows, key=lambda r: -1 if r.metric is None else r.metric, reverse=True):
+    for row in sorted(rows, key=lambda r: (r.finished, -1 if r.metric is None else r.metric), reverse=True):
         if row.error:
             status = "error: " + row.error.replace("|", "/")
         elif row.finished:
