@@ -331,6 +331,48 @@ def _resources(a: argparse.Namespace):
                      max_parallel=getattr(a, "max_parallel", None), signal_delay_s=a.signal_delay, name=a.name)
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    kwargs = dict(config=a.config, space=a.space, overrides=list(a.overrides), scheduler=a.scheduler,
+                  search=a.search, num_samples=a.num_samples, max_concurrent=a.max_concurrent, metric=a.metric,
+                  resources=a.resources_per_trial, grace_period=a.grace_period, reduction_factor=a.reduction_factor,
+                  perturbation_interval=a.perturbation_interval, seed=a.seed)
+    if a.on_slurm:
+        return _sweep_on_slurm(a, kwargs)
+    from sweeps.runner import run_sweep
+
+    result = run_sweep(a.out, **kwargs, resume=a.resume, ray_address=a.ray_address,
+                       verbose=0 if a.quiet else 2 if a.verbose else 1)
+    print()
+    print(result["summary"], end="")
+    if result["parent_run_id"]:
+        print(f"MLflow parent run id: {result['parent_run_id']}  (tracking URI: {result['tracking_uri']})")
+    if result["status"] == "interrupted":
+        done = sum(r["finished"] for r in result["rows"])
+        print(f"dynconv: sweep interrupted with {done} of {len(result['rows'])} trials finished; continue it with "
+              f"'dynconv sweep --out {result['out']} --resume'", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sweep_on_slurm(a: argparse.Namespace, kwargs: dict) -> int:
+    """The whole sweep as one job: Ray head on the first node, workers on the others."""
+    from slurm.executor import default_cluster
+    from slurm.submit import submit_sweep
+    from sweeps.runner import resolve_spec
+
+    if a.ray_address:
+        raise DynconvError("--on-slurm starts its own Ray cluster inside the job: drop --ray-address")
+    out = Path(a.out).resolve()
+    if not a.resume:  # every setting is checked here, before anything is submitted
+        resolve_spec(out, False, a.config, a.space, a.overrides, {k: kwargs[k] for k in kwargs
+                                                                   if k not in ("config", "space", "overrides")})
+        kwargs = {**kwargs, "config": str(Path(a.config).resolve()), "space": str(Path(a.space).resolve())}
+    cluster = a.cluster or default_cluster()
+    result = submit_sweep({**kwargs, "out": str(out)}, _resources(a), cluster=cluster, root=Path(a.folder),
+                          dry_run=a.dry_run)
+    return _report_submission(result, a, cluster)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynconv", description="Train and evaluate channel-adaptive CNNs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -466,6 +508,31 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("job_id")
     cn.add_argument("--folder", default="jobs")
     cn.set_defaults(func=cmd_cancel)
+    sw = sub.add_parser("sweep", help="hyperparameter sweep with Ray Tune (ASHA, PBT), tracked in MLflow; writes best.yaml")
+    sw.add_argument("--config", default=None, help="the base config (required unless --resume)")
+    sw.add_argument("--space", default=None, help="search-space YAML, e.g. sweeps/spaces/dropout.yaml")
+    sw.add_argument("--scheduler", default=None, help="asha (default), pbt or fifo")
+    sw.add_argument("--search", default=None, help="random (default), grid or optuna")
+    sw.add_argument("--num-samples", type=int, default=None,
+                    help="trials (grid: repeats of the grid); default 10, grid 1")
+    sw.add_argument("--max-concurrent", type=int, default=None, help="at most K trials at once (default: as resources allow)")
+    sw.add_argument("--metric", default=None, help="worst_subset_acc (default), mean_subset_acc or acc_<subset>, maximised")
+    sw.add_argument("--resources-per-trial", default=None, metavar="cpu=N,gpu=M", help="default cpu=1,gpu=0")
+    sw.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped (default 1)")
+    sw.add_argument("--reduction-factor", type=float, default=None, help="ASHA: keep 1/F of the trials per rung (default 3)")
+    sw.add_argument("--perturbation-interval", type=int, default=None,
+                    help="PBT: epochs between exploit/explore steps (default train.epochs // 4)")
+    sw.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
+    sw.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    sw.add_argument("--out", default="sweep-out", help="sweep folder (default sweep-out)")
+    sw.add_argument("--ray-address", default=None, help="connect to this Ray cluster instead of starting a local one")
+    sw.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    sw.add_argument("--verbose", action="store_true", help="Ray Tune's own progress tables instead of one line per trial")
+    sw.add_argument("--on-slurm", action="store_true",
+                    help="run the sweep as one submitit job (Ray head + workers on its nodes); takes the job options below")
+    _add_resource_args(sw)
+    sw.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    sw.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("demo", help="synthesise data, convert to FFCV, train, evaluate, log to MLflow")
     d.add_argument("--out", default="demo-out")
