@@ -21,6 +21,7 @@ import submitit
 from dynconv.errors import DynconvError
 
 DONE = "ray_sweep.done"
+HEAD = "ray_head_address"
 TOKEN = "ray_auth_token"
 
 
@@ -60,18 +61,15 @@ class SweepJob(submitit.helpers.Checkpointable):
         self.folder, self.kwargs = folder, dict(sweep_kwargs)
 
     def __call__(self) -> dict | None:
-        from ray import tune
-
-        from sweeps.runner import TUNE_DIR, run_sweep
-
         env = submitit.JobEnvironment()
         folder = Path(self.folder)
         ports = _ports(env.job_id)
-        head = f"{env.hostnames[0]}:{ports['port']}"
+        head_file = folder / HEAD
         tmp = Path("/tmp") / f"ray_{env.job_id}"[:40]
         token_file = folder / TOKEN
         if env.global_rank == 0:
             (folder / DONE).unlink(missing_ok=True)
+            head_file.unlink(missing_ok=True)
             if not token_file.exists():
                 fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 os.write(fd, secrets.token_hex(32).encode())
@@ -80,10 +78,19 @@ class SweepJob(submitit.helpers.Checkpointable):
             deadline = time.time() + 120
             while not token_file.exists() and time.time() < deadline:
                 time.sleep(1)
-        os.environ["RAY_AUTH_TOKEN"] = token_file.read_text().strip()
+        # token authentication for this job's Ray cluster (head, workers and driver share the 0600 token file)
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token_file.read_text().strip()})
+        from ray import tune  # only now: Ray reads RAY_AUTH_MODE when it is imported
+
+        from sweeps.runner import TUNE_DIR, run_sweep
+
         port_args = [f"--{k.replace('_', '-')}={v}" for k, v in ports.items() if k != "port"]
         if env.global_rank != 0:  # a worker node: serve Ray until the driver says the sweep is over
-            time.sleep(5)  # let the head come up first
+            deadline = time.time() + 120
+            while not head_file.exists() and time.time() < deadline:
+                time.sleep(1)
+            head = head_file.read_text().strip()
+            _wait_for(head)
             proc = _start([f"--address={head}", *port_args, *_node_resources(env)], tmp)
             try:
                 while not (folder / DONE).exists() and proc.poll() is None:
@@ -91,8 +98,13 @@ class SweepJob(submitit.helpers.Checkpointable):
             finally:
                 _stop(proc)
             return None
-        proc = _start(["--head", f"--port={ports['port']}", "--include-dashboard=false", *port_args,
-                       *_node_resources(env)], tmp)
+        import ray.util
+
+        ip = ray.util.get_node_ip_address()  # the address Ray itself picks for this node (and its drivers)
+        head = f"{ip}:{ports['port']}"
+        proc = _start(["--head", f"--node-ip-address={ip}", f"--port={ports['port']}", "--include-dashboard=false",
+                       *port_args, *_node_resources(env)], tmp)
+        head_file.write_text(head)
         try:
             out = Path(self.kwargs["out"])
             resume = tune.Tuner.can_restore(str(out / TUNE_DIR))  # a requeued job continues its sweep
