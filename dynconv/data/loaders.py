@@ -35,16 +35,20 @@ class DataSource:
     _seed: int = 0
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate one epoch; shuffling depends only on (seed, epoch)."""
+        """Iterate one epoch; shuffling depends only on (seed, epoch). Batches stay valid after the next one
+        is drawn (callers may keep them)."""
         if self._sampler_gen is not None:
             self._sampler_gen.manual_seed(self._seed + epoch)
         if hasattr(self.batches, "next_epoch"):  # FFCV: its random order is seeded by (seed, epoch)
             self.batches.next_epoch = epoch
+        copy = self.backend == "ffcv"  # FFCV's batches are views of buffers it refills a few batches later
         try:
             for x, y in self.batches:
                 if self.image_size and x.shape[-1] != self.image_size:
                     x = square_resize(x, self.image_size)
-                yield x, y.long().view(-1)
+                elif copy:
+                    x = x.clone()
+                yield x, y.view(-1).to(torch.long, copy=copy)
         except RuntimeError as e:  # torch reports a dead worker (killed, out of memory) as RuntimeError
             if "worker" not in str(e).lower():
                 raise
