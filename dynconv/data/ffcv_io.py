@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -16,22 +17,50 @@ BETON_FIELDS = ("image", "label")
 
 class _FolderForWriter:
     """Indexed dataset for ``DatasetWriter``: (HWC uint8 RGB image, label) pairs, or for N-channel arrays
-    (C×S×S uint8 array, label) with every array centre-cropped and resized to ``max_side``."""
+    (C×S×S uint8 array, label) with every array centre-cropped and resized to ``max_side``.
 
-    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool):
-        self.index, self.max_side, self.arrays = index, max_side, arrays
+    FFCV's writer waits forever for a worker that died, so a file that cannot be read (changed or removed
+    since the scan) never raises here: it is recorded in ``failed`` (shared with the worker processes) and
+    stands in as a black placeholder; ``write_beton`` then discards the whole file."""
+
+    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool, channels: int):
+        self.index, self.max_side, self.arrays, self.channels = index, max_side, arrays, channels
+        self.failed = multiprocessing.Value("q", -1)  # index of the first unreadable sample
 
     def __len__(self) -> int:
         return len(self.index.samples)
 
-    def __getitem__(self, i: int):
-        path, label = self.index.samples[i]
+    def load(self, i: int) -> np.ndarray:
+        path = self.index.samples[i][0]
         if self.arrays:
-            return square_resize(load_sample(path), self.max_side).numpy(), label
+            return square_resize(load_sample(path), self.max_side).numpy()
         img = load_rgb(path)
         if self.max_side and max(img.size) > self.max_side:
             img.thumbnail((self.max_side, self.max_side))
-        return np.asarray(img), label
+        return np.asarray(img)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.load(i), self.index.samples[i][1]
+        except Exception:  # PIL, numpy and tifffile raise many types for unreadable files
+            with self.failed.get_lock():
+                if self.failed.value < 0:
+                    self.failed.value = i
+            shape = (self.channels, self.max_side, self.max_side) if self.arrays else (1, 1, 3)
+            return np.zeros(shape, np.uint8), self.index.samples[i][1]
+
+    def check(self) -> None:
+        """Raise for the first sample that could not be read during the conversion."""
+        i = self.failed.value
+        if i < 0:
+            return
+        try:
+            self.load(i)
+            why = "read error"
+        except Exception as e:
+            why = e.__class__.__name__
+        raise DynconvError(f"{self.index.samples[i][0]} could not be read while converting ({why}): fix or "
+                           "remove it, then run 'dynconv convert' again")
 
 
 def sidecar_path(beton: Path) -> Path:
@@ -68,9 +97,10 @@ def write_beton(index: FolderIndex, out: str | Path, max_side: int = 256, jpeg_q
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fields = {"image": image_field, "label": IntField()}
+    source = _FolderForWriter(index, max_side, arrays, channels)
     try:
-        DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(
-            _FolderForWriter(index, max_side, arrays))
+        DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(source)
+        source.check()
         meta = {"classes": index.classes, "num_samples": len(index.samples), "source": str(index.root),
                 "fields": list(BETON_FIELDS), "skipped": len(index.skipped),
                 "image_kind": "ndarray" if arrays else "rgb", "channels": channels,
