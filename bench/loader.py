@@ -10,7 +10,9 @@ augmentation shows what decoding alone costs.
 
 Every pipeline first runs one warm-up epoch (FFCV compiles its pipeline with numba then), reported
 separately and excluded from the rate; the timed epochs then run round-robin (one epoch of each pipeline
-per round), so that a change in the machine's load hits every pipeline alike.
+per round), so that a change in the machine's load hits every pipeline alike. Besides images/s (wall
+clock) the table gives the CPU time the pipeline spent per 1,000 images (this process and its worker
+processes, user + system), which other programs on a shared machine disturb much less.
 
     PYTHONPATH=. .venv/bin/python bench/loader.py [--images 3000] [--size 96] [--workers 2] [--epochs 3]
 """
@@ -23,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -33,6 +36,13 @@ from dynconv.data.ffcv_io import write_beton
 from dynconv.data.synth import write_dataset
 
 BASELINE = "torchvision ImageFolder"
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its children (loader workers) so far."""
+    me = psutil.Process()
+    times = [me.cpu_times()] + [c.cpu_times() for c in me.children(recursive=True)]
+    return sum(t.user + t.system for t in times)
 
 
 def main() -> None:
@@ -79,28 +89,32 @@ def main() -> None:
                      "dynconv FFCV, where=loader": ffcv_pipeline("loader"),
                      "dynconv FFCV, where=device": ffcv_pipeline("device"),
                      "dynconv FFCV, no augmentation": ffcv_pipeline(None)}
-        first, rates = {}, {name: [] for name in pipelines}
+        first, rates, cpu = {}, {name: [] for name in pipelines}, {name: [0.0, 0] for name in pipelines}
         for name, run_epoch in pipelines.items():  # warm-up epoch 0 (FFCV: numba compilation)
             t0 = time.perf_counter()
             run_epoch(0)
             first[name] = time.perf_counter() - t0
         for e in range(1, a.epochs + 1):
             for name, run_epoch in pipelines.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_seconds()
                 n = run_epoch(e)
                 rates[name].append(n / (time.perf_counter() - t0))
+                cpu[name][0] += cpu_seconds() - c0
+                cpu[name][1] += n
     print(f"{a.images} images of {a.size}x{a.size}, batch {a.batch}, {a.workers} workers, {a.epochs} timed epochs "
           f"per pipeline (round-robin) after one warm-up epoch, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"| {'pipeline':30s} | {'first epoch (s)':>15s} | {'images/s (median)':>17s} | {'min-max':>11s} | "
-          f"{'ratio':>5s} |")
-    print(f"|{'-' * 32}|{'-' * 16}:|{'-' * 18}:|{'-' * 12}:|{'-' * 6}:|")
+          f"{'ratio':>5s} | {'CPU s/1000 img':>14s} | {'CPU ratio':>9s} |")
+    print(f"|{'-' * 32}|{'-' * 16}:|{'-' * 18}:|{'-' * 12}:|{'-' * 6}:|{'-' * 15}:|{'-' * 10}:|")
     base = statistics.median(rates[BASELINE])
+    per_k = {name: 1000 * c / n for name, (c, n) in cpu.items()}
     for name, r in rates.items():
         med = statistics.median(r)
         print(f"| {name:30s} | {first[name]:15.2f} | {med:17.0f} | {min(r):5.0f}-{max(r):<5.0f} | "
-              f"{med / base:5.2f} |")
-    print("goal: dynconv FFCV (with augmentation) ≥ 2.5× torchvision")
+              f"{med / base:5.2f} | {per_k[name]:14.3f} | {per_k[BASELINE] / per_k[name]:9.2f} |")
+    print("ratio: images/s ÷ torchvision's; CPU ratio: torchvision's CPU time per image ÷ the pipeline's. "
+          "Goal: dynconv FFCV (with augmentation) ≥ 2.5× torchvision")
 
 
 if __name__ == "__main__":
