@@ -50,6 +50,16 @@ def evaluate_subsets(model: nn.Module, batches: Iterable, transform: Callable, s
     return out
 
 
+def subset_accuracies(model: nn.Module, batches: Iterable, transform: Callable, subsets: list[Subset],
+                      channels: str, device: torch.device) -> dict[str, float]:
+    """Light per-epoch read-out: ``val_acc_<subset>`` for each subset plus ``val_mean_subset_acc`` and
+    ``val_worst_subset_acc`` (``val_`` keeps them apart from the final evaluation's ``acc_*`` metrics)."""
+    y, preds = predict_subsets(model, batches, transform, subsets, device)
+    accs = {f"val_acc_{subset_name(s, channels)}": float((preds[s] == y).mean()) for s in subsets}
+    return {**accs, "val_mean_subset_acc": float(np.mean(list(accs.values()))),
+            "val_worst_subset_acc": float(min(accs.values()))}
+
+
 def summarize(results: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean and worst accuracy over the evaluated subsets."""
     accs = [r["accuracy"] for r in results.values()]

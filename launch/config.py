@@ -92,6 +92,7 @@ class DropoutConfig(_Section):
 class EvalConfig(_Section):
     subsets: str = "all"
     batch_size: int = Field(256, ge=1)
+    every_epoch: bool = False  # also score eval.subsets every epoch: val_acc_<subset>, val_{mean,worst}_subset_acc
 
 
 class RunConfig(_Section):
@@ -127,13 +128,17 @@ def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, _known_keys(), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see launch/configs/demo.yaml for the valid keys"
+    return f"unknown config key '{key}': {hint}"
+
+
 def _explain(err: ValidationError) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _known_keys(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see launch/configs/demo.yaml for the valid keys"
-        return f"unknown config key '{key}': {hint}"
+        return unknown_key_message(key)
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
@@ -166,10 +171,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), parse_overrides(list(overrides))))
     except OmegaConfBaseException as e:  # e.g. a section overridden by a scalar, or a scalar by a mapping
         raise DynconvError(f"cannot apply overrides {list(overrides)}: {str(e).splitlines()[0]}") from None
+    return validate_config(merged)
+
+
+def validate_config(data: dict) -> Config:
+    """A nested mapping of sections -> :class:`Config`; an unknown key or bad value is a one-line DynconvError."""
     try:
-        return Config.model_validate(merged)
+        return Config.model_validate(data)
     except ValidationError as e:
         raise DynconvError(_explain(e)) from None
+
+
+def known_keys() -> list[str]:
+    """Every dotted config key, e.g. ``train.lr``, ``dropout.weights``."""
+    return _known_keys()
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +18,10 @@ from dynconv.dropout import ChannelDropout
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 from dynconv.models import create_model
-from dynconv.train import FitSpec, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
+from dynconv.evaluate import subset_accuracies
+from dynconv.train import FitSpec, Hook, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
 from dynconv.train.checkpoint import make_manifest
+from dynconv.train.loop import TrainingPreempted
 from dynconv.train.distributed import barrier, init_distributed, unwrap
 from dynconv.train.runlock import RunLock
 
@@ -65,13 +68,18 @@ def _quiet(_message: str) -> None:
     """Log sink of the non-main data-parallel processes."""
 
 
-def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
-    """Train, evaluate every configured subset, log everything; returns a summary dict."""
+def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequence[Hook] = (),
+                 stop_requested: Callable[[], bool] | None = None) -> dict:
+    """Train, evaluate every configured subset, log everything; returns a summary dict.
+
+    ``hooks`` get the trainer's events on the main process (after MLflow's); ``stop_requested`` is polled
+    before every step: when it turns true, training writes a mid-epoch checkpoint and raises
+    :class:`TrainingPreempted` (the MLflow run is marked SCHEDULED; ``train.resume=auto`` continues it)."""
     for key in ("train", "val"):
         if getattr(cfg.data, key) is None:
             raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
     channels = validate_channels(cfg.data.channels)
-    parse_subsets(cfg.eval.subsets, channels)  # bad letters fail before any work starts
+    eval_subsets = parse_subsets(cfg.eval.subsets, channels)  # bad letters fail before any work starts
     dropout = ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed, p=cfg.dropout.p,
                              weights=cfg.dropout.weights, curriculum=cfg.dropout.curriculum,
                              ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
@@ -152,7 +160,9 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
             dropout=dropout,
             run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
             keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
-            hooks=[tracker] if tracker else [], log=log, is_main=dist_info.is_main,
+            hooks=([tracker] if tracker else []) + list(hooks), log=log, stop_requested=stop_requested,
+            epoch_eval=(lambda m: subset_accuracies(m, val_src.epoch(0), spec.eval_transform, eval_subsets, channels,
+                                                    device)) if cfg.eval.every_epoch else None, is_main=dist_info.is_main,
             precision=cfg.train.precision, channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps)
 
         def recalibrate(m) -> None:
@@ -175,7 +185,8 @@ def run_training(cfg: Config, log=print, tags: dict | None = None) -> dict:
                 tracker.finish("FINISHED")
         except BaseException as e:
             if tracker:
-                tracker.finish("FAILED" if isinstance(e, Exception) else "KILLED")
+                tracker.finish("SCHEDULED" if isinstance(e, TrainingPreempted)
+                               else "FAILED" if isinstance(e, Exception) else "KILLED")
             raise
         return {"run_dir": str(run_dir), "checkpoint": str(final), "report": report,
                 "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}

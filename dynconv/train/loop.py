@@ -24,6 +24,15 @@ class TrainingDiverged(DynconvError):
     """The loss became NaN/Inf more often than ``max_bad_steps`` allows."""
 
 
+class TrainingPreempted(Exception):
+    """``FitSpec.stop_requested`` turned true (e.g. Slurm's pre-emption signal): training stopped at a step
+    boundary after writing a mid-epoch checkpoint, so ``train.resume=auto`` continues exactly there."""
+
+    def __init__(self, epoch: int, step: int, checkpoint: Path | None):
+        super().__init__(f"stopped on request at epoch {epoch} step {step}; checkpoint {checkpoint}")
+        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
+
+
 @dataclass
 class FitSpec:
     """Everything ``fit`` needs besides the model, data and optimiser."""
@@ -44,6 +53,10 @@ class FitSpec:
     channels_last: bool = False
     hooks: Sequence[Hook] = field(default_factory=tuple)
     log: Callable[[str], None] = print
+    # extra per-epoch validation metrics, e.g. per-subset accuracy ({"acc_RG": ..., "worst_subset_acc": ...})
+    epoch_eval: Callable[[nn.Module], dict[str, float]] | None = None
+    # polled before every step (all processes agree); True -> checkpoint and raise TrainingPreempted
+    stop_requested: Callable[[], bool] | None = None
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
 
@@ -56,9 +69,17 @@ def _diverged(spec: FitSpec, what: str) -> None:
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _stop_now(spec: FitSpec) -> bool:
+    """Whether any data-parallel process was asked to stop (so that all stop at the same step)."""
+    flag = torch.tensor([1.0 if spec.stop_requested() else 0.0])
+    if spec.device.type == "cuda" and torch.distributed.is_initialized():
+        flag = flag.to(spec.device)
+    return bool(all_reduce_sum(flag).item() > 0)
+
+
 def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSpec, epoch: int,
                     scaler: torch.amp.GradScaler | None = None, start_step: int = 0, partial: dict | None = None,
-                    on_step: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+                    on_step: Callable[[int, dict], Path | None] | None = None) -> dict[str, float]:
     """One epoch. ``start_step``/``partial`` continue an epoch interrupted after that many steps (the loader
     is advanced past them; augmentation and channel dropout depend only on (seed, epoch, step), so the
     remaining steps are the same as in an uninterrupted run). ``on_step(steps_done, partial)`` is called
@@ -79,6 +100,10 @@ def train_one_epoch(model: nn.Module, source: DataSource, optimizer, spec: FitSp
     for step, (images, labels) in enumerate(bar):
         if step < start_step:
             continue
+        if spec.stop_requested is not None and _stop_now(spec):
+            path = on_step(step, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(), "seen": seen.cpu()}) \
+                if on_step is not None else None
+            raise TrainingPreempted(epoch, step, path)
         x = spec.train_transform(images, epoch, step)
         if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -165,11 +190,13 @@ def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, 
         t0 = time.perf_counter()
         first = epoch == start_epoch + 1
 
-        def save_mid(steps_done: int, partial: dict, epoch: int = epoch) -> None:
-            if spec.is_main:
-                atomic_torch_save(state(epoch - 1, step=steps_done, partial=partial),
-                                  epoch_checkpoint(spec.run_dir, epoch, steps_done))
-                prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
+        def save_mid(steps_done: int, partial: dict, epoch: int = epoch) -> Path | None:
+            if not spec.is_main:
+                return None
+            path = atomic_torch_save(state(epoch - 1, step=steps_done, partial=partial),
+                                     epoch_checkpoint(spec.run_dir, epoch, steps_done))
+            prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
+            return path
 
         metrics = train_one_epoch(model, train, optimizer, spec, epoch, scaler,
                                   start_step=resume.get("step", 0) if first else 0,
@@ -180,6 +207,8 @@ def fit(model: nn.Module, train: DataSource, val: DataSource | None, optimizer, 
             continue
         if val is not None:
             metrics["val_acc"] = accuracy(model, val, spec.eval_transform, spec.device)
+        if spec.epoch_eval is not None:
+            metrics.update(spec.epoch_eval(unwrap(model)))
         metrics["epoch_time_s"] = time.perf_counter() - t0
         spec.log(f"epoch {epoch}/{spec.epochs}  " + "  ".join(
             f"{k} {v:.4g}" for k, v in metrics.items()))
