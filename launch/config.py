@@ -24,6 +24,9 @@ class AugmentConfig(_Section):
     rotation: float = Field(15.0, ge=0, le=180)
     perspective: float = Field(0.2, ge=0, le=1)
     perspective_p: float = Field(0.5, ge=0, le=1)
+    # device: batched on the training device, draws from (seed, epoch, step); loader: per image inside
+    # the data loader on the CPU (FFCV pipeline or torchvision workers), draws from (seed, epoch, sample)
+    where: Literal["device", "loader"] = "device"
 
 
 class DataConfig(_Section):
