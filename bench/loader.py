@@ -1,19 +1,31 @@
 """Images/s of dynconv's FFCV input pipeline vs a torchvision ImageFolder DataLoader, same augmentations.
 
-Both decode the same JPEGs at the same size with the same workers and batch size and apply the study's
-augmentations (horizontal + vertical flip, rotation ±15°, perspective 0.2 with p=0.5) and normalisation:
-dynconv as FFCV decoding + one batched transform, torchvision per sample in its workers. The first
-epoch (FFCV compiles its pipeline with numba then) is reported separately and excluded from the rate.
+All pipelines decode the same JPEGs at the same size with the same workers and batch size and apply the
+study's augmentations (horizontal + vertical flip, rotation ±15°, perspective 0.2 with p=0.5) and
+normalisation; they end with a normalised float batch on the CPU. torchvision: per sample in its worker
+processes (PIL). dynconv FFCV, for both ``data.augment.where`` choices: ``loader`` warps the uint8 images
+inside the FFCV pipeline (OpenCV in threads) and only normalises afterwards; ``device`` warps the float
+batch with one batched ``grid_sample`` (here the "device" is the CPU). A third FFCV row without any
+augmentation shows what decoding alone costs.
 
-    .venv/bin/python bench/loader.py [--images 3000] [--size 96] [--workers 2] [--epochs 2]
+Every pipeline first runs one warm-up epoch (FFCV compiles its pipeline with numba then), reported
+separately and excluded from the rate; the timed epochs then run round-robin (one epoch of each pipeline
+per round), so that a change in the machine's load hits every pipeline alike. Besides images/s (wall
+clock) the table gives the CPU time the pipeline spent per 1,000 images (this process and its worker
+processes, user + system), which other programs on a shared machine disturb much less.
+
+    PYTHONPATH=. .venv/bin/python bench/loader.py [--images 3000] [--size 96] [--workers 2] [--epochs 3]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -23,17 +35,14 @@ from dynconv.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dynconv.data.ffcv_io import write_beton
 from dynconv.data.synth import write_dataset
 
+BASELINE = "torchvision ImageFolder"
 
-def timed_epochs(run_epoch, epochs: int) -> tuple[float, list[float]]:
-    t0 = time.perf_counter()
-    run_epoch(0)
-    first = time.perf_counter() - t0
-    times = []
-    for e in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        run_epoch(e)
-        times.append(time.perf_counter() - t0)
-    return first, times
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its children (loader workers) so far."""
+    me = psutil.Process()
+    times = [me.cpu_times()] + [c.cpu_times() for c in me.children(recursive=True)]
+    return sum(t.user + t.system for t in times)
 
 
 def main() -> None:
@@ -45,19 +54,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     a = ap.parse_args()
     aug = AugmentParams(hflip=0.5, vflip=0.5, rotation=15, perspective=0.2, perspective_p=0.5)
+    cpu = torch.device("cpu")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         write_dataset(root, num_classes=10, train_per_class=a.images // 10, val_per_class=1, size=a.size)
         beton = write_beton(scan_image_folder(root / "train"), Path(tmp) / "train.beton", max_side=a.size,
                             num_workers=a.workers)
-        n = a.images
 
-        source = build_source(beton, image_size=a.size, batch_size=a.batch, num_workers=a.workers, train=True)
-        transform = BatchTransform(IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), aug)
+        def ffcv_pipeline(where: str | None):
+            source = build_source(beton, image_size=a.size, batch_size=a.batch, num_workers=a.workers, train=True,
+                                  augment=aug if where == "loader" else None)
+            transform = BatchTransform(IMAGENET_MEAN, IMAGENET_STD, cpu, aug if where == "device" else None)
 
-        def ffcv_epoch(e: int) -> None:
-            for step, (x, _) in enumerate(source.epoch(e)):
-                transform(x, e, step)
+            def run_epoch(e: int) -> int:
+                n = 0
+                for step, (x, _) in enumerate(source.epoch(e)):
+                    n += transform(x, e, step).shape[0]
+                return n
+            return run_epoch
 
         tv = transforms.Compose([
             transforms.Resize((a.size, a.size)), transforms.RandomHorizontalFlip(aug.hflip),
@@ -67,21 +82,39 @@ def main() -> None:
         tv_loader = DataLoader(datasets.ImageFolder(root / "train", tv), batch_size=a.batch, shuffle=True,
                                num_workers=a.workers, drop_last=True, persistent_workers=True)
 
-        def tv_epoch(e: int) -> None:
-            for _ in tv_loader:
-                pass
+        def tv_epoch(_e: int) -> int:
+            return sum(x.shape[0] for x, _ in tv_loader)
 
-        results = {"torchvision ImageFolder": timed_epochs(tv_epoch, a.epochs),
-                   "dynconv FFCV + batched aug": timed_epochs(ffcv_epoch, a.epochs)}
-    print(f"{n} images of {a.size}x{a.size}, batch {a.batch}, {a.workers} workers, {a.epochs} timed epochs "
-          f"after one warm-up, torch threads {torch.get_num_threads()}")
-    print(f"{'pipeline':28s} {'first epoch (s)':>16s} {'images/s':>10s} {'ratio':>7s}")
-    base = None
-    for name, (first, times) in results.items():
-        rate = n * len(times) / sum(times)
-        base = base or rate
-        print(f"{name:28s} {first:16.2f} {rate:10.0f} {rate / base:7.2f}")
-    print("goal: dynconv FFCV ≥ 2.5× torchvision")
+        pipelines = {BASELINE: tv_epoch,
+                     "dynconv FFCV, where=loader": ffcv_pipeline("loader"),
+                     "dynconv FFCV, where=device": ffcv_pipeline("device"),
+                     "dynconv FFCV, no augmentation": ffcv_pipeline(None)}
+        first, rates, cpu = {}, {name: [] for name in pipelines}, {name: [0.0, 0] for name in pipelines}
+        for name, run_epoch in pipelines.items():  # warm-up epoch 0 (FFCV: numba compilation)
+            t0 = time.perf_counter()
+            run_epoch(0)
+            first[name] = time.perf_counter() - t0
+        for e in range(1, a.epochs + 1):
+            for name, run_epoch in pipelines.items():
+                t0, c0 = time.perf_counter(), cpu_seconds()
+                n = run_epoch(e)
+                rates[name].append(n / (time.perf_counter() - t0))
+                cpu[name][0] += cpu_seconds() - c0
+                cpu[name][1] += n
+    print(f"{a.images} images of {a.size}x{a.size}, batch {a.batch}, {a.workers} workers, {a.epochs} timed epochs "
+          f"per pipeline (round-robin) after one warm-up epoch, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"| {'pipeline':30s} | {'first epoch (s)':>15s} | {'images/s (median)':>17s} | {'min-max':>11s} | "
+          f"{'ratio':>5s} | {'CPU s/1000 img':>14s} | {'CPU ratio':>9s} |")
+    print(f"|{'-' * 32}|{'-' * 16}:|{'-' * 18}:|{'-' * 12}:|{'-' * 6}:|{'-' * 15}:|{'-' * 10}:|")
+    base = statistics.median(rates[BASELINE])
+    per_k = {name: 1000 * c / n for name, (c, n) in cpu.items()}
+    for name, r in rates.items():
+        med = statistics.median(r)
+        print(f"| {name:30s} | {first[name]:15.2f} | {med:17.0f} | {min(r):5.0f}-{max(r):<5.0f} | "
+              f"{med / base:5.2f} | {per_k[name]:14.3f} | {per_k[BASELINE] / per_k[name]:9.2f} |")
+    print("ratio: images/s ÷ torchvision's; CPU ratio: torchvision's CPU time per image ÷ the pipeline's. "
+          "Goal: dynconv FFCV (with augmentation) ≥ 2.5× torchvision")
 
 
 if __name__ == "__main__":

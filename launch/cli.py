@@ -222,6 +222,165 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(a: argparse.Namespace) -> int:
+    from slurm.executor import default_cluster
+    from slurm.submit import submit
+
+    cluster = a.cluster or default_cluster()
+    out = submit(a.config, a.overrides, _resources(a), cluster=cluster, root=Path(a.folder), array_file=a.array,
+                 command=a.run, dry_run=a.dry_run)
+    return _report_submission(out, a, cluster)
+
+
+def _report_submission(out: dict, a: argparse.Namespace, cluster: str) -> int:
+    """Print the script (dry run) or the job ids; wait for the results where asked (always off Slurm)."""
+    if a.dry_run:
+        print(out["script"], end="")
+        return 0
+    ids = [j.job_id for j in out["jobs"]]
+    print(f"submitted {len(ids)} job(s) to {cluster}: {', '.join(ids)}  (folder {out['folder']})")
+    if not (a.wait or cluster != "slurm"):
+        print(f"follow with: dynconv jobs --folder {a.folder} | dynconv logs {ids[0]} --folder {a.folder}")
+        return 0
+    failed = 0
+    for job in out["jobs"]:
+        try:
+            results = job.results()
+        except Exception as e:
+            failed += 1
+            print(f"job {job.job_id} failed: {str(e).strip().splitlines()[-1][:300]}", file=sys.stderr)
+            continue
+        main = next((r for r in results if isinstance(r, dict) and r.get("rank", 0) == 0), results[0])
+        line = f"job {job.job_id} finished"
+        if isinstance(main, dict) and isinstance(main.get("summary"), str):  # a sweep: its summary table
+            line += f": {main['status']}, best config {main['best_config']}\n{main['summary']}"
+        elif isinstance(main, dict) and main.get("summary"):
+            s = main["summary"]
+            line += (f": mean subset accuracy {100 * s['mean_subset_acc']:.2f}%, worst {100 * s['worst_subset_acc']:.2f}%"
+                     f" | MLflow run {main['run_id']} | {main['run_dir']}")
+        print(line)
+    return 1 if failed else 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from slurm.submissions import job_rows
+
+    rows = job_rows(Path(a.folder))
+    cols = ("job", "state", "cluster", "mlflow_run", "what", "run_dir", "submitted")
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    return 0
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    from slurm.submissions import find_job, log_path
+
+    rec, job = find_job(Path(a.folder), a.job_id)
+    path = log_path(rec, job, a.task, a.stderr)
+    if not path.exists():
+        raise DynconvError(f"job {a.job_id} has no log {path.name} yet (still pending?): try again, or "
+                           f"'dynconv jobs --folder {a.folder}'")
+    sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    import subprocess
+
+    from slurm.submissions import find_job
+
+    rec, job = find_job(Path(a.folder), a.job_id)
+    if rec["cluster"] != "slurm":
+        raise DynconvError(f"job {a.job_id} ran on the {rec['cluster']} executor; only Slurm jobs can be cancelled")
+    r = subprocess.run(["scancel", a.job_id], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DynconvError(f"scancel {a.job_id} failed: {r.stderr.strip() or r.returncode}")
+    print(f"cancelled {a.job_id}")
+    return 0
+
+
+def command_names() -> list[str]:
+    """The top-level subcommands (``train``, ``eval``, ...)."""
+    parser = build_parser()
+    sub = next(act for act in parser._actions if isinstance(act, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
+def _add_resource_args(p: argparse.ArgumentParser) -> None:
+    """Where and with what a job runs: shared by ``submit`` and ``sweep --on-slurm``."""
+    g = p.add_argument_group("job resources (submitit)")
+    g.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                    help="default: slurm where sbatch is on PATH, else local processes")
+    g.add_argument("--nodes", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
+    g.add_argument("--tasks-per-node", type=int, default=1, help="data-parallel processes per node without GPUs")
+    g.add_argument("--cpus-per-task", type=int, default=1)
+    g.add_argument("--mem", default=None, help="memory per node, e.g. 16G")
+    g.add_argument("--time", type=int, default=60, help="walltime in minutes")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--constraint", default=None)
+    g.add_argument("--signal-delay", type=int, default=120, help="seconds before the limit Slurm sends USR2 (checkpoint + requeue)")
+    g.add_argument("--name", default="dynconv", help="job name")
+    g.add_argument("--folder", default="jobs", help="where submission folders go (mode 0700)")
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
+    g.add_argument("--wait", action="store_true", help="wait for the job(s) and print their results (always for local/debug)")
+
+
+def _resources(a: argparse.Namespace):
+    from slurm.executor import Resources
+
+    return Resources(nodes=a.nodes, tasks_per_node=a.tasks_per_node, gpus_per_node=a.gpus_per_node,
+                     cpus_per_task=a.cpus_per_task, mem=a.mem, time_min=a.time, partition=a.partition,
+                     account=a.account, qos=a.qos, constraint=a.constraint,
+                     max_parallel=getattr(a, "max_parallel", None), signal_delay_s=a.signal_delay, name=a.name)
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    kwargs = dict(config=a.config, space=a.space, overrides=list(a.overrides), scheduler=a.scheduler,
+                  search=a.search, num_samples=a.num_samples, max_concurrent=a.max_concurrent, metric=a.metric,
+                  resources=a.resources_per_trial, grace_period=a.grace_period, reduction_factor=a.reduction_factor,
+                  perturbation_interval=a.perturbation_interval, seed=a.seed)
+    if a.on_slurm:
+        return _sweep_on_slurm(a, kwargs)
+    from sweeps.runner import run_sweep
+
+    result = run_sweep(a.out, **kwargs, resume=a.resume, ray_address=a.ray_address,
+                       verbose=0 if a.quiet else 2 if a.verbose else 1)
+    print()
+    print(result["summary"], end="")
+    if result["parent_run_id"]:
+        print(f"MLflow parent run id: {result['parent_run_id']}  (tracking URI: {result['tracking_uri']})")
+    if result["status"] == "interrupted":
+        done = sum(r["finished"] for r in result["rows"])
+        print(f"dynconv: sweep interrupted with {done} of {len(result['rows'])} trials finished; continue it with "
+              f"'dynconv sweep --out {result['out']} --resume'", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sweep_on_slurm(a: argparse.Namespace, kwargs: dict) -> int:
+    """The whole sweep as one job: Ray head on the first node, workers on the others."""
+    from slurm.executor import default_cluster
+    from slurm.submit import submit_sweep
+    from sweeps.runner import resolve_spec
+
+    if a.ray_address:
+        raise DynconvError("--on-slurm starts its own Ray cluster inside the job: drop --ray-address")
+    out = Path(a.out).resolve()
+    if not a.resume:  # every setting is checked here, before anything is submitted
+        resolve_spec(out, False, a.config, a.space, a.overrides, {k: kwargs[k] for k in kwargs
+                                                                   if k not in ("config", "space", "overrides")})
+        kwargs = {**kwargs, "config": str(Path(a.config).resolve()), "space": str(Path(a.space).resolve())}
+    cluster = a.cluster or default_cluster()
+    result = submit_sweep({**kwargs, "out": str(out)}, _resources(a), cluster=cluster, root=Path(a.folder),
+                          dry_run=a.dry_run)
+    return _report_submission(result, a, cluster)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynconv", description="Train and evaluate channel-adaptive CNNs.")
     # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
@@ -338,6 +497,57 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quick", action="store_true", help="CPU size: at most 3 epochs at 32 px")
     ab.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     ab.set_defaults(func=cmd_ablate)
+
+    sb = sub.add_parser("submit", help="submit a training (or any dynconv command) to Slurm via submitit")
+    sb.add_argument("--config", default=None, help="training config (YAML)")
+    sb.add_argument("--run", default=None, metavar="'COMMAND ...'",
+                    help="instead of training: a dynconv command line to run in the job, e.g. 'ablate --config c.yaml --out abl'")
+    _add_resource_args(sb)
+    sb.add_argument("--array", default=None, metavar="FILE.yaml", help="YAML list of override sets: one array element each")
+    sb.add_argument("--max-parallel", type=int, default=None, help="array elements running at once")
+    sb.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    sb.set_defaults(func=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list submitted jobs: id, state, MLflow run, run folder")
+    jb.add_argument("--folder", default="jobs")
+    jb.set_defaults(func=cmd_jobs)
+
+    lg = sub.add_parser("logs", help="print a submitted job's output")
+    lg.add_argument("job_id")
+    lg.add_argument("--folder", default="jobs")
+    lg.add_argument("--task", type=int, default=0, help="task (rank) whose log to show")
+    lg.add_argument("--stderr", action="store_true", help="the error stream instead of stdout")
+    lg.set_defaults(func=cmd_logs)
+
+    cn = sub.add_parser("cancel", help="cancel a submitted Slurm job")
+    cn.add_argument("job_id")
+    cn.add_argument("--folder", default="jobs")
+    cn.set_defaults(func=cmd_cancel)
+    sw = sub.add_parser("sweep", help="hyperparameter sweep with Ray Tune (ASHA, PBT), tracked in MLflow; writes best.yaml")
+    sw.add_argument("--config", default=None, help="the base config (required unless --resume)")
+    sw.add_argument("--space", default=None, help="search-space YAML, e.g. sweeps/spaces/dropout.yaml")
+    sw.add_argument("--scheduler", default=None, help="asha (default), pbt or fifo")
+    sw.add_argument("--search", default=None, help="random (default), grid or optuna")
+    sw.add_argument("--num-samples", type=int, default=None,
+                    help="trials (grid: repeats of the grid); default 10, grid 1")
+    sw.add_argument("--max-concurrent", type=int, default=None, help="at most K trials at once (default: as resources allow)")
+    sw.add_argument("--metric", default=None, help="worst_subset_acc (default), mean_subset_acc or acc_<subset>, maximised")
+    sw.add_argument("--resources-per-trial", default=None, metavar="cpu=N,gpu=M", help="default cpu=1,gpu=0")
+    sw.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a trial can be stopped (default 1)")
+    sw.add_argument("--reduction-factor", type=float, default=None, help="ASHA: keep 1/F of the trials per rung (default 3)")
+    sw.add_argument("--perturbation-interval", type=int, default=None,
+                    help="PBT: epochs between exploit/explore steps (default train.epochs // 4)")
+    sw.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
+    sw.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    sw.add_argument("--out", default="sweep-out", help="sweep folder (default sweep-out)")
+    sw.add_argument("--ray-address", default=None, help="connect to this Ray cluster instead of starting a local one")
+    sw.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    sw.add_argument("--verbose", action="store_true", help="Ray Tune's own progress tables instead of one line per trial")
+    sw.add_argument("--on-slurm", action="store_true",
+                    help="run the sweep as one submitit job (Ray head + workers on its nodes); takes the job options below")
+    _add_resource_args(sw)
+    sw.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    sw.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("demo", help="synthesise data, convert to FFCV, train, evaluate, log to MLflow")
     d.add_argument("--out", default="demo-out")

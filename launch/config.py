@@ -24,6 +24,9 @@ class AugmentConfig(_Section):
     rotation: float = Field(15.0, ge=0, le=180)
     perspective: float = Field(0.2, ge=0, le=1)
     perspective_p: float = Field(0.5, ge=0, le=1)
+    # device: batched on the training device, draws from (seed, epoch, step); loader: per image inside
+    # the data loader on the CPU (FFCV pipeline or torchvision workers), draws from (seed, epoch, sample)
+    where: Literal["device", "loader"] = "device"
 
 
 class DataConfig(_Section):
@@ -144,13 +147,17 @@ def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, _known_keys(), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see launch/configs/demo.yaml for the valid keys"
+    return f"unknown config key '{key}': {hint}"
+
+
 def _explain(err: ValidationError) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _known_keys(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see launch/configs/demo.yaml for the valid keys"
-        return f"unknown config key '{key}': {hint}"
+        return unknown_key_message(key)
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
@@ -183,10 +190,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), parse_overrides(list(overrides))))
     except OmegaConfBaseException as e:  # e.g. a section overridden by a scalar, or a scalar by a mapping
         raise DynconvError(f"cannot apply overrides {list(overrides)}: {str(e).splitlines()[0]}") from None
+    return validate_config(merged)
+
+
+def validate_config(data: dict) -> Config:
+    """A nested mapping of sections -> :class:`Config`; an unknown key or bad value is a one-line DynconvError."""
     try:
-        return Config.model_validate(merged)
+        return Config.model_validate(data)
     except ValidationError as e:
         raise DynconvError(_explain(e)) from None
+
+
+def known_keys() -> list[str]:
+    """Every dotted config key, e.g. ``train.lr``, ``dropout.weights``."""
+    return _known_keys()
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -141,10 +141,12 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
     seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights and subsets
 
     d = cfg.data
+    augment = AugmentParams(**d.augment.model_dump(exclude={"enabled", "where"})) if d.augment.enabled else None
+    on_loader = d.augment.where == "loader"
     train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size // cfg.train.grad_accum_steps,
                              num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
                              strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last,
-                             rank=dist_info.rank, world=dist_info.world)
+                             rank=dist_info.rank, world=dist_info.world, augment=augment if on_loader else None)
     val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
                            num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict)
     for src, key in ((train_src, "data.train"), (val_src, "data.val")):
@@ -198,10 +200,9 @@ def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequen
             log(f"MLflow run {tracker.run_id} ({uri})")
 
         manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
-        augment = AugmentParams(**d.augment.model_dump(exclude={"enabled"})) if d.augment.enabled else None
         spec = FitSpec(
             epochs=cfg.train.epochs, device=device,
-            train_transform=BatchTransform(mean, std, device, augment, seed=cfg.train.seed),
+            train_transform=BatchTransform(mean, std, device, None if on_loader else augment, seed=cfg.train.seed),
             eval_transform=BatchTransform(mean, std, device),
             dropout=dropout,
             run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,

@@ -31,3 +31,21 @@ def run_cli(*argv: str) -> int:
     from launch.cli import main
 
     return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node Slurm (slurm/local-cluster.sh up: installs slurm-wlm/munge/MariaDB when missing).
+    Left running if it was already up; stopped at the end if this session started it."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "slurm" / "local-cluster.sh"
+    was_up = subprocess.run(["bash", str(script), "status"], capture_output=True).returncode == 0
+    if not was_up:
+        r = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            tail = " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+            pytest.skip(f"slurmctld could not start on this machine: {tail}")
+    yield
+    if not was_up:
+        subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120)

@@ -153,3 +153,14 @@ def test_grayscale_rgba_and_mixed_sizes_load_as_rgb(tmp_path):
     src = build_source(root, image_size=24, batch_size=3, num_workers=0)
     x, y = next(iter(src.epoch(0)))
     assert x.shape == (3, 3, 24, 24) and y.tolist() == [0, 1, 2] and src.num_channels == 3
+
+
+def test_ffcv_batches_stay_valid_when_kept(tiny_data):
+    """FFCV refills its output buffers every few batches; DataSource hands out batches that callers may keep
+    (evaluation keeps the labels, calibration the images)."""
+    folder = build_source(tiny_data / "val", image_size=32, batch_size=4, num_workers=0)
+    beton = build_source(tiny_data / "val.beton", image_size=32, batch_size=4, num_workers=1)
+    kept = list(beton.epoch(0))  # 16 batches, more than FFCV's buffer slots
+    fx, fy = map(torch.cat, zip(*folder.epoch(0)))
+    bx, by = map(torch.cat, zip(*kept))
+    assert torch.equal(fy, by) and (fx.float() - bx.float()).abs().mean() < 6

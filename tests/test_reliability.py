@@ -94,7 +94,13 @@ def test_real_small_filesystem_fills_up(tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
-class _Crashing(torch.utils.data.Dataset):
+_CRASHING_LOADER = """
+import os, signal, sys
+import torch
+from dynconv.data.loaders import DataSource
+from dynconv.errors import DynconvError
+
+class Crashing(torch.utils.data.Dataset):
     def __len__(self):
         return 64
 
@@ -103,14 +109,21 @@ class _Crashing(torch.utils.data.Dataset):
             os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies
         return torch.zeros(3, 4, 4, dtype=torch.uint8), 0
 
+loader = torch.utils.data.DataLoader(Crashing(), batch_size=8, num_workers=1, timeout=60)
+try:
+    for _ in DataSource(loader, None, 64, "torchvision").epoch(0):
+        pass
+except DynconvError as e:
+    print(f"dynconv: error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
 
 @pytest.mark.timeout(120)  # a hang fails the test instead of stalling the suite
 def test_loader_worker_crash_is_a_clear_error_not_a_hang():
-    loader = torch.utils.data.DataLoader(_Crashing(), batch_size=8, num_workers=1, timeout=60)
-    source = DataSource(loader, None, 64, "torchvision")
-    with pytest.raises(DynconvError, match="data-loader worker died"):
-        for _ in source.epoch(0):
-            pass
+    # in a child process: torch's SIGCHLD handler for the killed worker must not fire inside pytest itself
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_LOADER], capture_output=True, text=True, timeout=100)
+    _assert_one_line_error(proc, "data-loader worker died")
 
 
 def test_second_process_on_a_run_dir_is_refused_and_stale_locks_are_reclaimed(tmp_path):

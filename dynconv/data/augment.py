@@ -1,8 +1,17 @@
-"""Training augmentations of the original study, as batched tensor ops on the training device.
+"""Training augmentations of the original study: horizontal/vertical flips, rotation and perspective.
 
 Flips are exact index reversals; rotation and perspective distortion are composed into one projective
-map per sample and applied with a single ``grid_sample`` call. Both run on whole batches on the
-training device, whatever the loader (FFCV or torchvision), so the two loader paths share them exactly.
+map per sample and applied with one bilinear resampling (zeros outside the image). Where they run is a
+config choice (``data.augment.where``):
+
+* ``device`` — :class:`BatchTransform` applies them to whole float batches on the training device with
+  one ``grid_sample`` call; the draws depend on (seed, epoch, step).
+* ``loader`` — :class:`SampleAugment` applies them to uint8 images inside the data loader on the CPU
+  (FFCV: an operation in its image pipeline, see ``ffcv_io.py``; torchvision: a per-sample transform in
+  the workers); the draws depend on (seed, epoch, sample index) only, so they do not change with the
+  batch size, the worker count or the number of data-parallel processes.
+
+Both draw every random number through :func:`from_uniforms`, so probabilities and ranges mean the same.
 """
 from __future__ import annotations
 
@@ -53,10 +62,49 @@ class Draw:
     vflip: torch.Tensor  # bool[n]
     maps: torch.Tensor | None  # float64[n, 3, 3], output -> input coordinates in [-1, 1]
 
+    def full_maps(self) -> torch.Tensor | None:
+        """``maps`` with the flips folded in (``None`` when there is no rotation/perspective)."""
+        if self.maps is None:
+            return None
+        ones = torch.ones(len(self.hflip), dtype=torch.float64)
+        flips = torch.stack([1.0 - 2.0 * self.hflip.double(), 1.0 - 2.0 * self.vflip.double(), ones], 1)
+        return self.maps @ torch.diag_embed(flips)
+
+
+UNIFORMS = 12  # random numbers per sample: hflip, vflip, angle, perspective on/off, 4 corners × (x, y)
+
 
 def sample(n: int, p: AugmentParams, generator: torch.Generator) -> Draw:
     """Draw augmentation parameters for ``n`` samples (on the CPU, from ``generator`` only)."""
-    u = torch.rand(n, 12, generator=generator, dtype=torch.float64)
+    return from_uniforms(torch.rand(n, UNIFORMS, generator=generator, dtype=torch.float64), p)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U64 = (1 << 64) - 1
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_uniforms(seed: int, epoch: int, indices) -> torch.Tensor:
+    """U[0, 1) numbers (float64, ``len(indices)`` × ``UNIFORMS``) that are a pure function of (seed, epoch,
+    sample index): a counter-based hash, so any worker, thread or process draws the same for a sample."""
+    idx = np.asarray(indices, dtype=np.uint64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        key = _mix64(np.array([seed & _U64], dtype=np.uint64) + _GOLDEN)
+        key = _mix64(key ^ (np.array([epoch & _U64], dtype=np.uint64) + _GOLDEN) * _GOLDEN)
+        z = _mix64(key ^ _mix64((idx + np.uint64(1)) * _GOLDEN))
+        z = _mix64(z + np.arange(1, UNIFORMS + 1, dtype=np.uint64) * _GOLDEN)
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53)
+
+
+def from_uniforms(u: torch.Tensor, p: AugmentParams) -> Draw:
+    """Per-sample choices from U[0, 1) numbers ``u`` (n × ``UNIFORMS``, float64)."""
+    n = u.shape[0]
     maps = None
     if p.rotation or (p.perspective and p.perspective_p):
         theta = (u[:, 2] * 2 - 1) * math.radians(p.rotation)
@@ -87,12 +135,38 @@ def apply(images: torch.Tensor, draw: Draw) -> torch.Tensor:
     """Flip, rotate and distort a float NCHW batch on any device. Without rotation/perspective the flips
     are exact index reversals; with them, the flips are folded into the one resampling map."""
     if draw.maps is not None:
-        flips = torch.diag_embed(torch.stack([1.0 - 2.0 * draw.hflip.double(), 1.0 - 2.0 * draw.vflip.double(),
-                                              torch.ones(len(draw.hflip), dtype=torch.float64)], 1))
-        return warp(images, draw.maps @ flips)
+        return warp(images, draw.full_maps())
     dev = images.device
     images = torch.where(draw.hflip.to(dev).view(-1, 1, 1, 1), images.flip(-1), images)
     return torch.where(draw.vflip.to(dev).view(-1, 1, 1, 1), images.flip(-2), images)
+
+
+def pixel_maps(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Output → input maps in [-1, 1] coordinates (``grid_sample``, align_corners=False) as maps between
+    pixel coordinates (pixel centres at integers, as OpenCV): ``D · maps · D⁻¹``."""
+    d = torch.tensor([[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    return d @ maps @ torch.linalg.inv(d)
+
+
+@dataclass(frozen=True)
+class SampleAugment:
+    """Loader-side augmentation of uint8 images: draws from (seed, epoch, sample index), same semantics as
+    the device side (exact flips; otherwise one bilinear resampling on raw pixels, zeros outside), the
+    result rounded back to uint8. ``__call__`` is the torch implementation (torchvision workers); FFCV's
+    pipeline uses the same draws with OpenCV (``ffcv_io.LoaderAugment``)."""
+
+    params: AugmentParams
+    seed: int = 0
+
+    def draw(self, epoch: int, indices) -> Draw:
+        return from_uniforms(sample_uniforms(self.seed, epoch, indices), self.params)
+
+    def __call__(self, images: torch.Tensor, epoch: int, indices) -> torch.Tensor:
+        """uint8 NCHW ``images`` of samples ``indices`` → augmented uint8 NCHW."""
+        draw = self.draw(epoch, indices)
+        if draw.maps is None:
+            return apply(images, draw)
+        return apply(images.float(), draw).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class BatchTransform:

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.operation import Operation
 
 from ..errors import DynconvError
+from .augment import SampleAugment, pixel_maps
 from .folder import FolderIndex, is_array_file, load_rgb, load_sample, square_resize
 
 BETON_FIELDS = ("image", "label")
@@ -16,22 +23,50 @@ BETON_FIELDS = ("image", "label")
 
 class _FolderForWriter:
     """Indexed dataset for ``DatasetWriter``: (HWC uint8 RGB image, label) pairs, or for N-channel arrays
-    (C×S×S uint8 array, label) with every array centre-cropped and resized to ``max_side``."""
+    (C×S×S uint8 array, label) with every array centre-cropped and resized to ``max_side``.
 
-    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool):
-        self.index, self.max_side, self.arrays = index, max_side, arrays
+    FFCV's writer waits forever for a worker that died, so a file that cannot be read (changed or removed
+    since the scan) never raises here: it is recorded in ``failed`` (shared with the worker processes) and
+    stands in as a black placeholder; ``write_beton`` then discards the whole file."""
+
+    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool, channels: int):
+        self.index, self.max_side, self.arrays, self.channels = index, max_side, arrays, channels
+        self.failed = multiprocessing.Value("q", -1)  # index of the first unreadable sample
 
     def __len__(self) -> int:
         return len(self.index.samples)
 
-    def __getitem__(self, i: int):
-        path, label = self.index.samples[i]
+    def load(self, i: int) -> np.ndarray:
+        path = self.index.samples[i][0]
         if self.arrays:
-            return square_resize(load_sample(path), self.max_side).numpy(), label
+            return square_resize(load_sample(path), self.max_side).numpy()
         img = load_rgb(path)
         if self.max_side and max(img.size) > self.max_side:
             img.thumbnail((self.max_side, self.max_side))
-        return np.asarray(img), label
+        return np.asarray(img)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.load(i), self.index.samples[i][1]
+        except Exception:  # PIL, numpy and tifffile raise many types for unreadable files
+            with self.failed.get_lock():
+                if self.failed.value < 0:
+                    self.failed.value = i
+            shape = (self.channels, self.max_side, self.max_side) if self.arrays else (1, 1, 3)
+            return np.zeros(shape, np.uint8), self.index.samples[i][1]
+
+    def check(self) -> None:
+        """Raise for the first sample that could not be read during the conversion."""
+        i = self.failed.value
+        if i < 0:
+            return
+        try:
+            self.load(i)
+            why = "read error"
+        except Exception as e:
+            why = e.__class__.__name__
+        raise DynconvError(f"{self.index.samples[i][0]} could not be read while converting ({why}): fix or "
+                           "remove it, then run 'dynconv convert' again")
 
 
 def sidecar_path(beton: Path) -> Path:
@@ -68,9 +103,10 @@ def write_beton(index: FolderIndex, out: str | Path, max_side: int = 256, jpeg_q
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fields = {"image": image_field, "label": IntField()}
+    source = _FolderForWriter(index, max_side, arrays, channels)
     try:
-        DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(
-            _FolderForWriter(index, max_side, arrays))
+        DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(source)
+        source.check()
         meta = {"classes": index.classes, "num_samples": len(index.samples), "source": str(index.root),
                 "fields": list(BETON_FIELDS), "skipped": len(index.skipped),
                 "image_kind": "ndarray" if arrays else "rgb", "channels": channels,
@@ -90,11 +126,73 @@ def read_beton_meta(path: Path) -> dict:
     return json.loads(side.read_text()) if side.exists() else {}
 
 
+_WARP_FLAGS = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # bilinear; the map goes output -> input
+
+
+class LoaderAugment(Operation):
+    """:class:`SampleAugment` inside FFCV's image pipeline, on uint8 images on the CPU (HWC, or CHW for
+    N-channel arrays). Draws depend on (seed, epoch, sample index): FFCV hands the operation the batch's
+    sample indices. Flips are exact index reversals; rotation + perspective (flips folded in) are one
+    ``cv2.warpPerspective`` per image: bilinear, zeros outside, as ``grid_sample`` on the device side.
+    OpenCV releases the GIL, so ``threads`` threads warp a batch in parallel."""
+
+    def __init__(self, augment: SampleAugment, threads: int, channels_first: bool):
+        super().__init__()
+        self.augment, self.threads, self.channels_first = augment, max(1, threads), channels_first
+        self.epoch, self.enabled, self._pool = 0, True, None
+
+    def set_epoch(self, epoch: int, enabled: bool = True) -> None:
+        self.epoch, self.enabled = epoch, enabled
+
+    def generate_code(self):
+        def loader_augment(images, dst, indices):
+            return self(images, dst, indices)
+
+        loader_augment.with_indices = True
+        return loader_augment
+
+    def declare_state_and_memory(self, previous_state):
+        return replace(previous_state, jit_mode=False), AllocationQuery(previous_state.shape, previous_state.dtype)
+
+    def __call__(self, images: np.ndarray, dst: np.ndarray, indices) -> np.ndarray:
+        if not self.enabled:
+            return images
+        draw = self.augment.draw(self.epoch, indices)
+        maps = draw.full_maps()
+        if maps is None:
+            rows, cols = (1, 2) if self.channels_first else (0, 1)  # spatial axes of one image
+            for k, (hf, vf) in enumerate(zip(draw.hflip.tolist(), draw.vflip.tolist())):
+                axes = (rows,) * vf + (cols,) * hf
+                dst[k] = np.flip(images[k], axes) if axes else images[k]
+            return dst
+        h, w = images.shape[2:4] if self.channels_first else images.shape[1:3]
+        pix = pixel_maps(maps, h, w).numpy()
+
+        def warp_range(lo: int, hi: int) -> None:
+            for k in range(lo, hi):
+                for src, out in zip(images[k], dst[k]) if self.channels_first else [(images[k], dst[k])]:
+                    cv2.warpPerspective(src, pix[k], (w, h), dst=out, flags=_WARP_FLAGS,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+        n = len(images)
+        if self.threads == 1 or n < 2:
+            warp_range(0, n)
+            return dst
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dynconv-augment")
+        bounds = np.linspace(0, n, min(n, self.threads) + 1).astype(int).tolist()
+        for f in [self._pool.submit(warp_range, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+            f.result()
+        return dst
+
+
 def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, shuffle: bool,
                 seed: int, drop_last: bool, os_cache: bool = True, quasi_random: bool = False,
-                distributed: bool = False, arrays: bool = False):
+                distributed: bool = False, arrays: bool = False, augment: SampleAugment | None = None):
     """An FFCV ``Loader`` yielding ``(uint8 NCHW images, labels)`` on the CPU. RGB images are decoded and
-    resized by FFCV; N-channel arrays come back at their stored size (the caller resizes)."""
+    resized by FFCV; N-channel arrays come back at their stored size (the caller resizes). With
+    ``augment`` the images are augmented in the pipeline; the loader's ``augment_op.set_epoch(epoch,
+    enabled)`` says which epoch's draws to use."""
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
@@ -109,11 +207,17 @@ def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, 
         raise DynconvError(f"{path} has fields {sorted(names)}, expected {list(BETON_FIELDS)}: re-create it with 'dynconv convert'")
     image = ([NDArrayDecoder(), ToTensor()] if arrays else
              [CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0), ToTensor(), ToTorchImage()])
+    op = None
+    if augment is not None:
+        op = LoaderAugment(augment, num_workers, channels_first=arrays)
+        image.insert(1, op)
     pipelines = {"image": image, "label": [IntDecoder(), ToTensor(), Squeeze(1)]}
     order = OrderOption.SEQUENTIAL
     if shuffle:  # FFCV's quasi-random order does not support distributed=True: use random there
         order = OrderOption.QUASI_RANDOM if quasi_random and not distributed else OrderOption.RANDOM
-    return Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
-                  order=order, seed=seed, pipelines=pipelines, distributed=distributed,
-                  drop_last=drop_last and reader.num_samples >= batch_size)
+    loader = Loader(str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
+                    order=order, seed=seed, pipelines=pipelines, distributed=distributed,
+                    drop_last=drop_last and reader.num_samples >= batch_size)
+    loader.augment_op = op
+    return loader
 

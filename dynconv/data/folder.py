@@ -139,14 +139,20 @@ def square_resize(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class ImageFolderDataset(Dataset):
-    """Decoded uint8 CHW images of a fixed size, with integer labels."""
+    """Decoded uint8 CHW images of a fixed size, with integer labels. With ``augment`` (a
+    ``SampleAugment``) a key ``(i, epoch)`` returns sample ``i`` augmented with that epoch's draws
+    (``epoch=None``: not augmented); a plain index is never augmented."""
 
-    def __init__(self, index: FolderIndex, image_size: int):
-        self.index, self.image_size = index, image_size
+    def __init__(self, index: FolderIndex, image_size: int, augment=None):
+        self.index, self.image_size, self.augment = index, image_size, augment
 
     def __len__(self) -> int:
         return len(self.index.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int | None]) -> tuple[torch.Tensor, int]:
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         path, label = self.index.samples[i]
-        return square_resize(load_sample(path), self.image_size), label
+        img = square_resize(load_sample(path), self.image_size)
+        if self.augment is not None and epoch is not None:
+            img = self.augment(img[None], epoch, [i])[0]
+        return img, label

@@ -1,19 +1,20 @@
 """One entry point for input data: an ImageFolder directory or an FFCV ``.beton`` file.
 
 Both paths yield ``(images, labels)`` batches of uint8 NCHW images at ``image_size`` and int64 labels on
-the CPU; augmentation and normalisation run afterwards on the training device (see ``augment.py``),
-so the two paths share them exactly.
+the CPU; normalisation runs afterwards on the training device, augmentation either there too or, with
+``augment=``, inside the loader (``data.augment.where``, see ``augment.py``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from ..errors import DynconvError
+from .augment import AugmentParams, SampleAugment
 from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_resize
 
 BACKENDS = ("auto", "ffcv", "torchvision")
@@ -33,18 +34,26 @@ class DataSource:
     image_size: int | None = None  # resize batches to this size when the stored size differs (arrays)
     _sampler_gen: torch.Generator | None = None
     _seed: int = 0
+    _set_augment_epoch: Callable[[int, bool], None] | None = None  # loader-side augmentation, if any
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate one epoch; shuffling depends only on (seed, epoch)."""
+    def epoch(self, epoch: int, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate one epoch; shuffling depends only on (seed, epoch), loader-side augmentation (if the
+        source has it and ``augment``) only on (seed, epoch, sample index). Batches stay valid after the
+        next one is drawn (callers may keep them)."""
         if self._sampler_gen is not None:
             self._sampler_gen.manual_seed(self._seed + epoch)
+        if self._set_augment_epoch is not None:
+            self._set_augment_epoch(epoch, augment)
         if hasattr(self.batches, "next_epoch"):  # FFCV: its random order is seeded by (seed, epoch)
             self.batches.next_epoch = epoch
+        copy = self.backend == "ffcv"  # FFCV's batches are views of buffers it refills a few batches later
         try:
             for x, y in self.batches:
                 if self.image_size and x.shape[-1] != self.image_size:
                     x = square_resize(x, self.image_size)
-                yield x, y.long().view(-1)
+                elif copy:
+                    x = x.clone()
+                yield x, y.view(-1).to(torch.long, copy=copy)
         except RuntimeError as e:  # torch reports a dead worker (killed, out of memory) as RuntimeError
             if "worker" not in str(e).lower():
                 raise
@@ -80,16 +89,39 @@ class ShardedBatchSampler(Sampler):
                 yield mine
 
 
+class EpochTagged(Sampler):
+    """Wraps a sampler (or batch sampler) to yield ``(index, epoch)`` keys instead of indices — ``epoch`` is
+    ``None`` when augmentation is off — so that per-sample augmentation in the worker processes can draw
+    from (seed, epoch, sample index). Samplers run in the main process; ``set_epoch`` takes effect at the
+    next iteration."""
+
+    def __init__(self, inner: Sampler):
+        self.inner, self.epoch = inner, None
+
+    def set_epoch(self, epoch: int, augment: bool = True) -> None:
+        self.epoch = epoch if augment else None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        e = self.epoch
+        for item in self.inner:
+            yield [(i, e) for i in item] if isinstance(item, list) else (item, e)
+
+
 def build_source(path: str | Path, *, image_size: int, batch_size: int, num_workers: int = 2,
                  train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False,
                  os_cache: bool = True, order: str = "random", drop_last: bool = True,
-                 rank: int = 0, world: int = 1) -> DataSource:
+                 rank: int = 0, world: int = 1, augment: AugmentParams | None = None) -> DataSource:
     """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files.
 
     Training sources shuffle (``order``: ``random``, or FFCV's ``quasi_random`` for datasets larger than
     memory) and drop the last partial batch when ``drop_last``; evaluation sources are sequential.
-    With ``world > 1`` a training source yields this rank's share of each global batch of ``batch_size``."""
+    With ``world > 1`` a training source yields this rank's share of each global batch of ``batch_size``.
+    ``augment`` (training sources only) augments the uint8 images inside the loader, on the CPU."""
     distributed = train and world > 1
+    sample_aug = SampleAugment(augment, seed) if train and augment is not None and not augment.is_identity else None
     path = Path(path)
     if backend not in BACKENDS:
         raise DynconvError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -106,23 +138,25 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
         per_rank = batch_size // world if distributed else batch_size
         loader = ffcv_io.ffcv_loader(path, image_size, per_rank, num_workers, shuffle=train, seed=seed,
                                      drop_last=train and drop_last, os_cache=os_cache,
-                                     quasi_random=order == "quasi_random", distributed=distributed, arrays=arrays)
+                                     quasi_random=order == "quasi_random", distributed=distributed, arrays=arrays,
+                                     augment=sample_aug)
         return DataSource(loader, meta.get("classes"), int(loader.reader.num_samples), "ffcv",
-                          int(meta.get("channels", 3)), meta.get("skipped", 0), image_size if arrays else None)
+                          int(meta.get("channels", 3)), meta.get("skipped", 0), image_size if arrays else None,
+                          _set_augment_epoch=loader.augment_op.set_epoch if sample_aug else None)
     if backend == "ffcv":
         raise DynconvError(f"{path} is not a .beton file: convert it with 'dynconv convert {path} OUT.beton' or use data.backend=auto")
     index = scan_image_folder(path, strict=strict)
-    dataset = ImageFolderDataset(index, image_size)
+    dataset = ImageFolderDataset(index, image_size, sample_aug)
     gen = torch.Generator().manual_seed(seed) if train else None
+    tag = EpochTagged if sample_aug else (lambda s: s)
     if distributed:
-        loader = DataLoader(dataset, batch_sampler=ShardedBatchSampler(len(dataset), batch_size, rank, world, gen,
-                                                                       drop_last),
-                            num_workers=num_workers, persistent_workers=num_workers > 0,
-                            timeout=LOADER_TIMEOUT_S if num_workers else 0)
+        sampler = tag(ShardedBatchSampler(len(dataset), batch_size, rank, world, gen, drop_last))
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                            persistent_workers=num_workers > 0, timeout=LOADER_TIMEOUT_S if num_workers else 0)
     else:
-        sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
+        sampler = tag(RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset))
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                             drop_last=train and drop_last and len(dataset) >= batch_size,
                             persistent_workers=num_workers > 0, timeout=LOADER_TIMEOUT_S if num_workers else 0)
     return DataSource(loader, index.classes, len(dataset), "torchvision", num_channels(index), len(index.skipped),
-                      None, gen, seed)
+                      None, gen, seed, sampler.set_epoch if sample_aug else None)

@@ -1,0 +1,85 @@
+"""The callables a Slurm job runs. Both are ``submitit.helpers.Checkpointable``: on pre-emption or time-out
+(Slurm sends USR2 ``--signal-delay`` seconds ahead) submitit calls ``checkpoint()`` on global rank 0 and
+requeues the job with the returned submission — the same callable, which resumes from the run's own
+checkpoints (``train.resume=auto``) and keeps logging to the MLflow run recorded in ``run.dir``.
+
+:class:`TrainJob` stops *cooperatively*: USR2 only sets a flag; the trainer sees it before the next step,
+writes a mid-epoch checkpoint (all data-parallel ranks agree on the step), and only then hands over to
+submitit's handler. No epoch is lost or repeated, and the resumed run ends bitwise where an uninterrupted
+one would.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import submitit
+
+
+def _distributed_env() -> submitit.JobEnvironment:
+    """Export torch's env:// rendezvous (MASTER_ADDR = first node, a port derived from the job id, RANK,
+    WORLD_SIZE, LOCAL_RANK) for multi-task jobs, and size CPU threads to the task's CPUs."""
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus:
+        import torch
+
+        torch.set_num_threads(int(cpus))
+    return env
+
+
+def job_tags(env: submitit.JobEnvironment) -> dict[str, str]:
+    tags = {"slurm.job_id": str(env.job_id), "slurm.cluster": env.name()}
+    if env.array_job_id:
+        tags.update({"slurm.array_job_id": str(env.array_job_id), "slurm.array_task_id": str(env.array_task_id)})
+    return tags
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """``dynconv train --config CONFIG OVERRIDES`` inside a job; resubmitted as-is on pre-emption."""
+
+    def __init__(self, config: str, overrides: list[str]):
+        self.config, self.overrides = config, list(overrides)
+
+    def __call__(self) -> dict:
+        from dynconv.train.loop import TrainingPreempted
+        from launch.config import load_config
+        from launch.training import run_training
+
+        env = _distributed_env()
+        usr_sig = submitit.JobEnvironment._usr_sig()
+        submitit_handler = signal.getsignal(usr_sig)
+        stop = threading.Event()
+        signal.signal(usr_sig, lambda signum, frame: stop.set())
+        cfg = load_config(self.config, [*self.overrides, "train.resume=auto"])
+        try:
+            result = run_training(cfg, tags=job_tags(env), stop_requested=stop.is_set)
+        except TrainingPreempted as e:
+            print(f"dynconv: pre-empted at epoch {e.epoch} step {e.step}; checkpoint {e.checkpoint}", flush=True)
+            if callable(submitit_handler):
+                submitit_handler(usr_sig, None)  # rank 0: checkpoint() + requeue + exit; other ranks return
+            return {"preempted": True, "rank": env.global_rank, "epoch": e.epoch, "step": e.step}
+        report = result.get("report")
+        return {"rank": env.global_rank, "world": env.num_tasks, "run_dir": result["run_dir"],
+                "run_id": result.get("run_id"), "summary": report["summary"] if report else None}
+
+
+class CliJob(submitit.helpers.Checkpointable):
+    """Any other ``dynconv`` command (eval, ablate, calibrate, ...) inside a job. Requeued as-is: ``ablate``
+    reuses the cells it finished; other commands are idempotent re-runs."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = list(argv)
+
+    def __call__(self) -> int:
+        from dynconv.errors import DynconvError
+        from launch.cli import main
+
+        _distributed_env()
+        rc = main(self.argv)
+        if rc != 0:
+            raise DynconvError(f"'dynconv {' '.join(self.argv)}' exited with status {rc}")
+        return rc

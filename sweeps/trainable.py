@@ -1,0 +1,206 @@
+"""The Ray Tune trainable: one trial is one normal ``run_training`` with the trial's values set.
+
+Each trial trains in its own ``run.dir`` (``<sweep>/trials/<trial id>``) with ``eval.every_epoch=true`` and
+``train.resume=auto``, logs its own MLflow run (a child of the sweep's run), and reports every epoch to Tune
+through a trainer :class:`Hook` — with the trainer's epoch checkpoint attached, so that PBT can copy a
+strong trial's weights into a weak one. A trial restored from a checkpoint (PBT's exploit, ``--resume``)
+puts that checkpoint into its run folder and lets the trainer resume exactly from it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynconv.fileio import atomic_write_text
+from dynconv.train import Hook, atomic_torch_save, latest_checkpoint, load_checkpoint
+from dynconv.train.checkpoint import epoch_checkpoint
+from launch.config import Config
+
+from .space import apply_params, plain
+
+CKPT_FILE = "trainer.pt"               # in a Tune checkpoint folder: the trainer's epoch checkpoint
+CKPT_META = "sweep_checkpoint.json"    # ... and which trial wrote it, at which epoch
+TRIAL_FILE = "sweep_trial.json"        # in a trial's run.dir: its current values and the exploits it took
+
+
+def tune_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
+    """The trainer's per-epoch names -> the sweep's: ``train_loss`` -> ``loss``, ``val_acc_RG`` -> ``acc_RG``,
+    ``val_{mean,worst}_subset_acc`` -> ``{mean,worst}_subset_acc`` (the same names as the final evaluation's)."""
+    out = {"epoch": epoch}
+    for key, value in metrics.items():
+        if key == "train_loss":
+            key = "loss"
+        elif key.startswith("val_acc_") or key in ("val_mean_subset_acc", "val_worst_subset_acc"):
+            key = key[len("val_"):]
+        out[key] = float(value)
+    return out
+
+
+def final_metrics(report: dict) -> dict[str, float]:
+    """The final evaluation (after per-subset BatchNorm recalibration, if configured) in the same names."""
+    out = {f"acc_{subset}": float(row["accuracy"]) for subset, row in report["subsets"].items()}
+    out.update({k: float(v) for k, v in report["summary"].items()})
+    return out
+
+
+def rescale_lr(ckpt: dict, lr: float) -> bool:
+    """Make a checkpoint's optimiser and schedule continue at base learning rate ``lr`` (PBT changed it):
+    every rate is scaled by ``lr / saved base rate``, so warm-up and decay carry on at the same point."""
+    sched, optim = ckpt.get("scheduler") or {}, ckpt.get("optimizer") or {}
+    base = sched.get("base_lrs") or []
+    if not base or math.isclose(base[0], lr, rel_tol=1e-12):
+        return False
+    factor = lr / base[0]
+    sched["base_lrs"] = [b * factor for b in base]
+    if sched.get("_last_lr"):
+        sched["_last_lr"] = [v * factor for v in sched["_last_lr"]]
+    for group in optim.get("param_groups", []):
+        for key in ("lr", "initial_lr"):
+            if key in group:
+                group[key] = group[key] * factor
+    return True
+
+
+def restore_checkpoint(src: Path, run_dir: Path, trial_id: str, lr: float) -> dict:
+    """Replace ``run_dir``'s checkpoints by the one in the Tune checkpoint folder ``src``; returns its meta.
+
+    A trial's own checkpoint is not copied back when its run folder already holds one as new or newer (a
+    trial paused by PBT, or interrupted after its last report): the trainer resumes from its newest."""
+    meta = json.loads((src / CKPT_META).read_text())
+    if meta["trial_id"] == trial_id:
+        newest = latest_checkpoint(run_dir)
+        if newest is not None and int(load_checkpoint(newest)["epoch"]) >= int(meta["epoch"]):
+            return meta
+    ckpt = load_checkpoint(src / CKPT_FILE)
+    rescale_lr(ckpt, lr)
+    for old in (run_dir / "checkpoints").glob("epoch_*.pt"):
+        old.unlink()
+    (run_dir / "model.pt").unlink(missing_ok=True)
+    atomic_torch_save(ckpt, epoch_checkpoint(run_dir, int(ckpt["epoch"])))
+    return meta
+
+
+def report(metrics: dict, checkpoint: Path | None, trial_id: str) -> None:
+    """``tune.report`` with ``checkpoint`` (a trainer checkpoint file) attached as a Tune checkpoint folder.
+
+    When Tune stops or pauses the trial (ASHA, PBT), ``tune.report`` raises ``SystemExit`` in this thread:
+    the trainer then marks the MLflow run and releases the run folder as for any interruption."""
+    from ray import tune
+
+    if checkpoint is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix=".tune-checkpoint-", dir=checkpoint.parents[1]) as tmp:
+        try:
+            os.link(checkpoint, Path(tmp) / CKPT_FILE)  # same file system: no copy (Tune copies it to storage)
+        except OSError:
+            shutil.copy2(checkpoint, Path(tmp) / CKPT_FILE)
+        (Path(tmp) / CKPT_META).write_text(json.dumps({"trial_id": trial_id, "epoch": metrics["epoch"]}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+class TuneReporter(Hook):
+    """Reports every epoch but the last to Tune; ``train_trial`` reports the last one after the final
+    evaluation, so that the result a finished trial ends with is its full per-subset evaluation."""
+
+    def __init__(self, epochs: int, trial_id: str):
+        self.epochs, self.trial_id = epochs, trial_id
+        self.last: dict[str, float] = {}
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.last = tune_metrics(epoch, metrics)
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        if epoch < self.epochs:
+            report(self.last, Path(path), self.trial_id)
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares (plain data: it travels to the trial processes)."""
+    base: dict                   # the sweep's config (file + overrides) as a nested mapping
+    trials_dir: str              # run folders: <trials_dir>/<trial id>
+    sweep_name: str
+    tracking_uri: str | None     # the sweep's MLflow store (None: tracking disabled)
+    parent_run_id: str | None    # the sweep's MLflow run
+    threads: int = 1             # torch CPU threads per trial (its CPU share)
+
+    def run_dir(self, trial_id: str) -> Path:
+        return Path(self.trials_dir) / trial_id
+
+    def trial_config(self, params: dict, trial_id: str) -> Config:
+        fixed = {"run.dir": str(self.run_dir(trial_id)), "run.name": f"{self.sweep_name}-{trial_id}",
+                 "train.resume": "auto", "eval.every_epoch": True}
+        if self.tracking_uri:
+            fixed["tracking.uri"] = self.tracking_uri
+        return apply_params(self.base, {**params, **fixed})
+
+
+def _file_log(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        with open(path, "a") as f:
+            f.write(message + "\n")
+    return log
+
+
+def _tag_mlflow_run(run_dir: Path, tags: dict[str, str]) -> None:
+    """Tag the trial's MLflow run, if it has one already (a restored trial); tracking never stops a trial."""
+    from launch.tracking import RUN_FILE, mlflow_client
+
+    info_file = run_dir / RUN_FILE
+    if not info_file.exists():
+        return
+    try:
+        info = json.loads(info_file.read_text())
+        client = mlflow_client(info["tracking_uri"])
+        for key, value in tags.items():
+            client.set_tag(info["run_id"], key, value)
+    except Exception:  # noqa: BLE001 - a store that is down must not fail the trial
+        pass
+
+
+def train_trial(config: dict, setup: TrialSetup) -> None:
+    """The Tune function trainable (``tune.with_parameters(train_trial, setup=...)``)."""
+    import torch
+    from ray import tune
+
+    from launch.training import run_training
+
+    trial_id = tune.get_context().get_trial_id()
+    params = plain(dict(config))
+    cfg = setup.trial_config(params, trial_id)
+    run_dir = setup.run_dir(trial_id)
+    torch.set_num_threads(max(1, setup.threads))
+
+    state_file = run_dir / TRIAL_FILE
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"exploits": []}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as src:
+            meta = restore_checkpoint(Path(src), run_dir, trial_id, cfg.train.lr)
+        if meta["trial_id"] != trial_id:  # PBT: continue from a stronger trial's weights with new values
+            state["exploits"].append({"from": meta["trial_id"], "epoch": meta["epoch"], "params": params})
+    state["params"] = params
+    atomic_write_text(state_file, json.dumps(state, indent=1) + "\n")
+    tags = {"dynconv.kind": "sweep-trial", "dynconv.sweep": setup.sweep_name, "dynconv.sweep.trial": trial_id,
+            "dynconv.sweep.params": json.dumps(params, sort_keys=True)[:5000],
+            "dynconv.sweep.exploits": str(len(state["exploits"]))}
+    if setup.parent_run_id:
+        tags["mlflow.parentRunId"] = setup.parent_run_id
+    _tag_mlflow_run(run_dir, tags)  # a new run gets them from the trainer
+
+    reporter, log = TuneReporter(cfg.train.epochs, trial_id), _file_log(run_dir / "train.log")
+    try:
+        result = run_training(cfg, log=log, tags=tags, hooks=[reporter])
+    except Exception as e:
+        log(f"dynconv: error: {e}")
+        raise
+    final = {**reporter.last, **final_metrics(result["report"]), "epoch": cfg.train.epochs, "final_eval": 1.0}
+    report(final, latest_checkpoint(run_dir), trial_id)

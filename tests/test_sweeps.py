@@ -1,0 +1,292 @@
+"""`dynconv sweep`: Ray Tune (ASHA, PBT, --resume) over the normal trainer on the tiny data, on a local Ray
+instance with 2 CPUs started once for the module; MLflow parent/child runs; bad search spaces."""
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+from ray.tune import Callback
+
+from conftest import run_cli
+from test_cli import CONFIG
+
+# learns in 2-3 epochs on the tiny data at 1 thread (RGB accuracy ~0.4-0.7 at epoch 2 for lr 2e-3..3e-3,
+# chance ~0.25 for lr 1e-7); trials are deterministic (seeded), so are their metrics
+def _overrides(data, epochs: int) -> list[str]:
+    return [f"data.train={data / 'train'}", f"data.val={data / 'val'}", "model.num_classes=4", "data.image_size=32",
+            f"train.epochs={epochs}", "train.batch_size=16", "train.optimizer=adamw", "train.weight_decay=0",
+            "data.augment.enabled=false", "model.norm=shared", "data.num_workers=0", "train.keep_checkpoints=1",
+            "eval.subsets=RGB,R"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from sweeps.runner import init_ray
+
+    started = init_ray(num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # checkpoints of every trial: about a GB
+
+
+def _space(path, text: str):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def asha(tiny_data, ray_cluster, sweep_root):
+    """4 trials, 3 epochs, ASHA rung at epoch 2. Two trials that learn come first in the grid; the two with a
+    useless learning rate start only when one of those has finished (2 CPUs, 1 per trial), so each reaches the
+    rung below a recorded better result and is stopped there."""
+    out = sweep_root / "asha"
+    space = _space(sweep_root / "asha.yaml", "train.lr: {grid: [0.003, 0.002, 1.0e-7, 1.0e-8]}\n")
+    assert run_cli("sweep", "--config", CONFIG, "--space", space, "--search", "grid", "--scheduler", "asha",
+                   "--grace-period", "2", "--reduction-factor", "2", "--metric", "acc_RGB", "--max-concurrent", "2",
+                   "--out", out, "--quiet", *_overrides(tiny_data, 3), "dropout.kind=none") == 0
+    return out
+
+
+@pytest.mark.slow
+def test_asha_stops_weak_trials_early_and_writes_best_config(asha):
+    from launch.config import load_config
+
+    summary = json.loads((asha / "summary.json").read_text())
+    rows = {r["params"]["train.lr"]: r for r in summary["rows"]}
+    assert summary["status"] == "finished" and len(rows) == 4 and not any(r["error"] for r in rows.values())
+    for lr in (1e-7, 1e-8):
+        assert not rows[lr]["finished"] and rows[lr]["epochs"] == 2, rows[lr]
+    assert any(r["finished"] and r["epochs"] == 3 for r in rows.values())
+    assert summary["trial_epochs"] < 4 * 3
+    best = summary["best"]
+    assert best["finished"] and best["params"]["train.lr"] in (0.003, 0.002)
+    cfg = load_config(asha / "best.yaml")  # a complete config that `dynconv train` accepts
+    assert cfg.train.lr == best["params"]["train.lr"] and cfg.train.epochs == 3 and cfg.train.resume is None
+    assert cfg.run.dir == str(asha / "best") and not (asha / "best").exists()
+    table = (asha / "summary.md").read_text()
+    assert "| trial | train.lr | epochs | acc_RGB (%) | stopped early |" in table and "| yes |" in table
+
+
+@pytest.mark.slow
+def test_asha_logs_parent_and_child_mlflow_runs(asha):
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((asha / "mlflow_run.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    parent = client.get_run(info["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.scheduler"] == "asha"
+    assert parent.data.metrics["trials"] == 4 and parent.data.metrics["trials_stopped_early"] >= 2
+    assert {a.path for a in client.list_artifacts(info["run_id"])} >= {"best.yaml", "summary.md", "sweep.json"}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{info['run_id']}'")
+    assert len(children) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        epochs = int(child.data.tags["dynconv.sweep.epochs"])
+        stopped = child.data.tags["dynconv.sweep.stopped_early"] == "true"
+        assert stopped == (epochs < 3)
+        history = client.get_metric_history(child.info.run_id, "val_acc_RGB")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+        assert float(child.data.params["train.lr"]) in (0.003, 0.002, 1e-7, 1e-8)
+        assert ("acc_RGB" in child.data.metrics) == (not stopped)  # the final evaluation of finished trials
+
+
+class InterruptOnce(Callback):
+    """Presses Ctrl+C when the first trial completes, once: the marker file makes it one-shot, since Tune
+    restores callbacks with the sweep."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if os.path.exists(self.marker):
+            os.unlink(self.marker)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_does_not_rerun_finished_trials(tiny_data, ray_cluster, sweep_root):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.runner import run_sweep
+
+    out, marker = sweep_root / "resume", sweep_root / "interrupt-once"
+    marker.touch()
+    space = _space(sweep_root / "resume.yaml", "train.lr: {grid: [0.003, 0.002, 0.001]}\n")
+    first = run_sweep(out, CONFIG, space, _overrides(tiny_data, 2) + ["dropout.kind=none"], scheduler="fifo",
+                      search="grid", max_concurrent=1, verbose=0, callbacks=[InterruptOnce(str(marker))])
+    assert first["status"] == "interrupted" and not marker.exists()
+    done = [r["trial"] for r in first["rows"] if r["finished"]]
+    assert done, first["rows"]
+    stamps = {t: (out / "trials" / t / "eval.json").stat().st_mtime_ns for t in done}
+    assert run_cli("sweep", "--out", out, "--resume", "--quiet") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and len(summary["rows"]) == 3
+    assert all(r["finished"] and r["epochs"] == 2 for r in summary["rows"])
+    assert {t: (out / "trials" / t / "eval.json").stat().st_mtime_ns for t in done} == stamps  # not re-run
+    info = json.loads((out / "mlflow_run.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    assert info["run_id"] == summary["parent_run_id"] and client.get_run(info["run_id"]).info.status == "FINISHED"
+    children = client.search_runs([client.get_run(info["run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{info['run_id']}'")
+    assert len(children) == 3  # one MLflow run per trial, none duplicated by the resume
+    for child in children:
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss")) == [1, 2]
+
+
+@pytest.mark.slow
+def test_pbt_exploits_a_stronger_trial(tiny_data, ray_cluster, sweep_root):
+    from sweeps.runner import run_sweep
+
+    out = sweep_root / "pbt"
+    space = _space(sweep_root / "pbt.yaml", "train:\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+                                            "dropout:\n  p: {uniform: [0.2, 0.6]}\n")
+    result = run_sweep(out, CONFIG, space, _overrides(tiny_data, 2) + ["dropout.kind=constant"], scheduler="pbt",
+                       num_samples=2, perturbation_interval=1, verbose=0)
+    rows = result["rows"]
+    assert result["status"] == "finished" and len(rows) == 2
+    assert all(r["finished"] and r["epochs"] == 2 and not r["error"] for r in rows)
+    # synchronous PBT with 2 trials: at epoch 1 the lower one takes the upper one's checkpoint and values
+    exploited = [r for r in rows if r["exploits"]]
+    assert len(exploited) == 1 and exploited[0]["exploits"] == 1
+    trial = exploited[0]
+    state = json.loads((out / "trials" / trial["trial"] / "sweep_trial.json").read_text())
+    donor = next(r for r in rows if r["trial"] == state["exploits"][0]["from"])
+    assert state["exploits"][0]["epoch"] == 1 and donor is not trial
+    assert 1e-3 <= trial["params"]["train.lr"] <= 1e-2 and 0.2 <= trial["params"]["dropout.p"] <= 0.6  # clipped
+    from launch.config import load_config
+
+    assert load_config(out / "trials" / trial["trial"] / "config.yaml").train.lr == trial["params"]["train.lr"]
+
+
+@pytest.mark.slow
+def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, sweep_root, capsys):
+    from mlflow.tracking import MlflowClient
+
+    out = sweep_root / "fail"
+    space = _space(sweep_root / "fail.yaml", "dropout.kind: {grid: [weighted_subsets]}\n")  # no dropout.weights
+    assert run_cli("sweep", "--config", CONFIG, "--space", space, "--search", "grid", "--out", out, "--quiet",
+                   *_overrides(tiny_data, 2)) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("dynconv: error: every trial of the sweep failed (first: dropout.weights needs subset "
+                           "names of 'RGB'"), last
+    info = json.loads((out / "mlflow_run.json").read_text())
+    assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FAILED"
+    assert not (out / "best.yaml").exists()
+
+
+def test_rescale_lr_moves_a_resumed_schedule_to_the_new_rate():
+    from dynconv.train import build_optimizer, build_scheduler
+    from sweeps.trainable import rescale_lr
+
+    def make(lr):
+        model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        opt = build_optimizer(model, "sgd", lr, 5e-4, 0.9)
+        return opt, build_scheduler(opt, "cosine", 10, warmup_epochs=2)
+
+    opt, sched = make(0.1)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    ckpt = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    assert rescale_lr(ckpt, 0.05) and not rescale_lr(ckpt, 0.05)
+    ref_opt, ref_sched = make(0.05)  # what a run at 0.05 from the start has at this point
+    for _ in range(3):
+        ref_opt.step()
+        ref_sched.step()
+    new_opt, new_sched = make(0.1)
+    new_opt.load_state_dict(ckpt["optimizer"])
+    new_sched.load_state_dict(ckpt["scheduler"])
+    for _ in range(2):
+        assert [g["lr"] for g in new_opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+        new_opt.step()
+        new_sched.step()
+        ref_opt.step()
+        ref_sched.step()
+
+
+def test_shipped_dropout_space_samples_valid_configs():
+    import numpy as np
+
+    from dynconv.dropout import ChannelDropout
+    from launch.config import load_config
+    from sweeps.space import apply_params, load_space
+
+    base = load_config(CONFIG).model_dump()
+    space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / "dropout.yaml", base)
+    assert set(space.keys) == {"dropout.kind", "dropout.p", "dropout.weights", "dropout.curriculum",
+                               "dropout.ramp_epochs", "dropout.steps", "train.lr", "model.stem_mode"}
+    assert set(space.pbt_mutations()) == set(space.keys) - {"model.stem_mode"}
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # every sample is a config the trainer accepts, with a schedule that builds
+        params = {d.key: d.domain().sample(random_state=rng) for d in space.dims}
+        d = apply_params(base, params).dropout
+        schedule = ChannelDropout(d.kind, 3, p=d.p, weights=d.weights, curriculum=d.curriculum,
+                                  ramp_epochs=d.ramp_epochs, steps=d.steps, channels="RGB")
+        assert schedule.probabilities(1).sum() == pytest.approx(1)
+
+
+@pytest.mark.parametrize("space, message", [
+    ("dropout.pp: {uniform: [0.1, 0.5]}\n", "unknown config key 'dropout.pp': did you mean 'dropout.p'?"),
+    ("dropout.p: {uniform: [0.1, 1.5]}\n", "config key 'dropout.p': Input should be less than 1"),
+    ("train.lr: {normal: [0.01, 0.001]}\n", "train.lr: unknown distribution 'normal'"),
+    ("train.lr: 0.01\n", "train.lr needs one distribution"),
+    ("train.lr: {uniform: [0.1, 0.01]}\n", "train.lr: uniform needs low < high"),
+    ("train.epochs: {grid: [5, 10]}\n", "train.epochs cannot be searched"),
+    ("dropout.kind: {choice: [sometimes]}\n", "config key 'dropout.kind'"),
+    ("- train.lr\n", "must map config keys to distributions"),
+    ("train.lr: {uniform: [0.01\n", "is not valid YAML"),
+])
+def test_bad_search_space_is_one_line_error(tmp_path, capsys, space, message):
+    path = _space(tmp_path / "space.yaml", space)
+    out = tmp_path / "out"
+    assert run_cli("sweep", "--config", CONFIG, "--space", path, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dynconv: error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--search", "grid"], "--search grid needs finite values, but train.lr"),
+    (["--scheduler", "pbt", "--search", "grid"], "--search grid needs finite values"),
+    (["--metric", "acc_RGBX"], "--metric acc_RGBX: choose one of worst_subset_acc, mean_subset_acc, acc_RGB"),
+    (["--resources-per-trial", "cpu=1,tpu=2"], "--resources-per-trial 'cpu=1,tpu=2'"),
+    (["--scheduler", "hyperband"], "--scheduler hyperband: choose one of asha, pbt, fifo"),
+    (["--resume"], "holds no Ray Tune state to resume"),
+    ([], "data.train demo-out/data/train.beton does not exist"),
+])
+def test_bad_sweep_options_are_one_line_errors(tmp_path, capsys, args, message):
+    path = _space(tmp_path / "space.yaml", "train.lr: {loguniform: [0.001, 0.1]}\n")
+    out = tmp_path / "out"
+    assert run_cli("sweep", "--config", CONFIG, "--space", path, "--out", out, *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dynconv: error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_pbt_needs_a_key_it_can_mutate(tmp_path, capsys):
+    path = _space(tmp_path / "space.yaml", "model.stem_mode: {choice: [prefix, slice]}\n")
+    assert run_cli("sweep", "--config", CONFIG, "--space", path, "--scheduler", "pbt", "--out", tmp_path / "o") == 2
+    assert "--scheduler pbt mutates train.lr and dropout.* keys" in capsys.readouterr().err
+
+
+def test_optuna_search_without_optuna_says_how_to_install(tmp_path, capsys):
+    pytest.importorskip("ray.tune")
+    try:
+        import optuna  # noqa: F401
+        pytest.skip("optuna is installed")
+    except ImportError:
+        pass
+    path = _space(tmp_path / "space.yaml", "train.lr: {loguniform: [0.001, 0.1]}\n")
+    assert run_cli("sweep", "--config", CONFIG, "--space", path, "--search", "optuna", "--out", tmp_path / "o") == 2
+    assert "pip install optuna" in capsys.readouterr().err
