@@ -80,8 +80,9 @@ def _strategy_name(cfg: Config, world: int) -> str:
 def _deepspeed_options(cfg: Config, strategy: str) -> DeepSpeedOptions | None:
     ds = cfg.deepspeed
     if strategy != "deepspeed":
-        if ds.model_fields_set:
-            raise DynconvError(f"deepspeed.{sorted(ds.model_fields_set)[0]} is set but train.strategy={cfg.train.strategy}: "
+        given = sorted(k for k, v in ds.model_dump().items() if v is not None)  # None: unset (also in a dumped config)
+        if given:
+            raise DynconvError(f"deepspeed.{given[0]} is set but train.strategy={cfg.train.strategy}: "
                                "set train.strategy=deepspeed, or drop the deepspeed section")
         return None
     return DeepSpeedOptions(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.config)

@@ -187,3 +187,15 @@ def test_grad_accumulation_2x16_matches_1x32(tiny_data, tmp_path, capsys):
     assert "16 images per process per micro-step, 2 micro-step(s) per optimiser step" in out
     assert len(curves[1]) == len(curves[2]) == 2
     assert all(abs(a - b) < 0.15 for a, b in zip(curves[1], curves[2])), curves
+
+
+def test_a_saved_config_yaml_reloads_without_deepspeed_settings(tmp_path):
+    """run.dir/config.yaml spells out every key, the deepspeed section's unset ones as null: not 'set'."""
+    from launch.config import dump_yaml, load_config
+    from launch.training import _deepspeed_options
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_yaml(load_config(None, ["train.epochs=2"])))
+    assert _deepspeed_options(load_config(saved), "single") is None
+    with pytest.raises(Exception, match="deepspeed.zero_stage is set"):
+        _deepspeed_options(load_config(saved, ["deepspeed.zero_stage=1"]), "single")
