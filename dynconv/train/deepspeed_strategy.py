@@ -177,17 +177,16 @@ def validate_config(config: dict, where: str) -> None:
     """Parse ``config`` with DeepSpeed's own ``DeepSpeedConfig`` (needs ``deepspeed.comm`` initialised);
     any error, and any top-level key it never reads, is a one-line DynconvError."""
     from deepspeed.runtime.config import DeepSpeedConfig
-    from pydantic import ValidationError
 
     record = _Recorder(config)
     try:
         with _quiet():
             DeepSpeedConfig(record)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise DynconvError(f"{where}: DeepSpeed rejects '{key}': {err['msg']}") from None
     except (AssertionError, ValueError, TypeError, KeyError) as e:
+        if callable(getattr(e, "errors", None)):  # a pydantic ValidationError of one of DeepSpeed's sections
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise DynconvError(f"{where}: DeepSpeed rejects '{key}': {err['msg']}") from None
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         raise DynconvError(f"{where}: DeepSpeed rejects the config: {first[:200]}") from None
     unknown = sorted(set(config) - record.seen - READ_BY_INITIALIZE)
@@ -211,8 +210,7 @@ def _deepspeed_safe_globals() -> list:
 def check_safe_to_load(folder: Path) -> None:
     """DeepSpeed loads its files with ``torch.load(weights_only=False)``: first make sure every file of the
     folder loads without executing code (``weights_only=True`` allowing only DeepSpeed's own record classes;
-    memory-mapped, so cheap)."""
-    import_deepspeed(torch.device("cpu"))
+    memory-mapped, so cheap). DeepSpeed is imported already (by the strategy, or by :func:`consolidate`)."""
     for f in sorted(folder.glob("*.pt")):
         try:
             with torch.serialization.safe_globals(_deepspeed_safe_globals()):
@@ -343,6 +341,8 @@ def consolidate(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(dynconv.json record, fp32 state_dict)`` of a DeepSpeed checkpoint folder written by dynconv."""
     folder = Path(folder)
     record = read_deepspeed_sidecar(folder)
+    if "deepspeed" not in sys.modules:
+        import_deepspeed(torch.device("cpu"))  # consolidation runs on the CPU
     check_safe_to_load(folder)
     if any(folder.glob("*optim_states.pt")):  # ZeRO 1-3: the fp32 master weights are in the optimizer shards
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
