@@ -289,3 +289,11 @@ def test_two_process_accumulation_with_ddp_and_zero2_equals_one_batch(tmp_path):
                           env=SCRIPT_ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ddp==single True zero2==single True" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_channels_last_with_deepspeed_trains_with_contiguous_weights(tiny_data, tmp_path):
+    """DeepSpeed broadcasts weights through byte views: channels_last weights used to crash its initialize."""
+    proc = _cli(*_args(tiny_data, tmp_path / "cl", *DS, "train.epochs=1", "train.channels_last=true"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "inputs are channels_last, the weights stay contiguous" in proc.stderr

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -243,7 +244,10 @@ class DeepSpeedStrategy(Strategy):
     def setup(self, model: nn.Module, optimizer, channels_last: bool = False, compile: bool = False) -> None:
         if self.stage == 3:  # ZeRO-3 partitions the weights: evaluate (and calibrate) a plain copy
             self._plain = copy.deepcopy(model)
-        prepare(model, channels_last, compile)
+        if channels_last:  # DeepSpeed broadcasts and flattens the weights through contiguous byte views
+            warnings.warn("train.channels_last with DeepSpeed: inputs are channels_last, the weights stay contiguous "
+                          "(DeepSpeed's flat parameter buffers need them so)", stacklevel=2)
+        prepare(model, False, compile)
         with _quiet():
             self.engine, *_ = self.ds.initialize(model=model, optimizer=optimizer, config=self.config,
                                                  dist_init_required=False)
