@@ -12,15 +12,15 @@ $D data synth /tmp/d96 --classes 10 --train-per-class 400 --val-per-class 30 --s
 $D data synth /tmp/d128 --classes 10 --train-per-class 400 --val-per-class 30 --size 128 >/dev/null
 run() {  # name data size model extra...
   local name=$1 data=$2 size=$3 model=$4; shift 4
-  local t0=$(date +%s.%N)
+  local t0=$SECONDS
   $D train --config launch/configs/demo.yaml data.train=$data/train data.val=$data/val data.image_size=$size \
     model.name=$model model.num_classes=10 train.epochs=3 train.batch_size=256 data.num_workers=14 \
     train.precision=bf16 train.channels_last=true tracking.enabled=false eval.subsets=RGB \
     run.dir=/tmp/runs/$name "$@" > /tmp/$name.log 2>&1
   local rc=$?
   local e3=$(grep -o "epoch 3/3.*epoch_time_s [0-9.]*" /tmp/$name.log | grep -o "epoch_time_s [0-9.]*" | cut -d' ' -f2)
-  printf "%-34s rc=%s epoch3 %ss  ~%s img/s  wall %.0fs\n" "$name" "$rc" "$e3" \
-    "$(python -c "print(round(4000/float('${e3:-0}' or 'nan')))" 2>/dev/null)" "$(echo "$(date +%s.%N) - $t0" | bc)"
+  printf "%-34s rc=%s epoch3 %ss  ~%s img/s  wall %ss\n" "$name" "$rc" "$e3" \
+    "$(python -c "print(round(4000/float('${e3:-0}' or 'nan')))" 2>/dev/null)" "$((SECONDS - t0))"
   [ $rc -eq 0 ] || tail -5 /tmp/$name.log
 }
 run r18_96_single   /tmp/d96 96 dynamic_resnet18 train.strategy=single
