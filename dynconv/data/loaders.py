@@ -6,6 +6,7 @@ the CPU; normalisation runs afterwards on the training device, augmentation eith
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -19,6 +20,24 @@ from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_
 
 BACKENDS = ("auto", "ffcv", "torchvision")
 LOADER_TIMEOUT_S = 600  # a worker that produces nothing for this long is an error, never a silent hang
+
+
+def _stop_workers(it) -> None:
+    """Shut a torch DataLoader iterator's workers down with torch's SIGCHLD handler set aside, so that it
+    cannot raise again, at a random point of the caller, for the worker that already died (a signal that
+    already arrived runs whatever handler is current when Python gets to it)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is None:
+        return
+    try:
+        previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except ValueError:  # not the main thread: cannot swap handlers
+        previous = None
+    try:
+        shutdown()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGCHLD, previous)
 
 
 @dataclass
@@ -47,17 +66,23 @@ class DataSource:
         if hasattr(self.batches, "next_epoch"):  # FFCV: its random order is seeded by (seed, epoch)
             self.batches.next_epoch = epoch
         copy = self.backend == "ffcv"  # FFCV's batches are views of buffers it refills a few batches later
+        it = iter(self.batches)
         try:
-            for x, y in self.batches:
+            for x, y in it:
                 if self.image_size and x.shape[-1] != self.image_size:
                     x = square_resize(x, self.image_size)
                 elif copy:
                     x = x.clone()
                 yield x, y.view(-1).to(torch.long, copy=copy)
-        except RuntimeError as e:  # torch reports a dead worker (killed, out of memory) as RuntimeError
-            if "worker" not in str(e).lower():
+        except (RuntimeError, EOFError, ConnectionError) as e:
+            # torch reports a dead worker (killed, out of memory) as RuntimeError; one that dies while handing
+            # a batch over breaks the connection that shares the batch's memory (EOFError, ConnectionError)
+            workers = hasattr(it, "_shutdown_workers")
+            if not workers or (isinstance(e, RuntimeError) and "worker" not in str(e).lower()):
                 raise
-            raise DynconvError(f"a data-loader worker died ({str(e).splitlines()[0][:120]}): check memory "
+            _stop_workers(it)
+            what = str(e).splitlines()[0][:120] if str(e) else f"{e.__class__.__name__} while receiving a batch"
+            raise DynconvError(f"a data-loader worker died ({what}): check memory "
                                "(lower data.num_workers or train.batch_size) and the data files") from None
 
     def __len__(self) -> int:
