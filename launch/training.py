@@ -9,7 +9,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from dynconv.channel_select import is_channel_adaptive
 from dynconv.calibration import calibrate_from_source

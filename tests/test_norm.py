@@ -1,6 +1,5 @@
 """Subset-aware normalisation: recalibrate, switchable, group."""
 import json
-import os
 import warnings
 
 import pytest

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from dynconv.channels import parse_subset, parse_subsets
-from dynconv.data.loaders import DataSource
 from dynconv.errors import DynconvError
 from dynconv.fileio import DiskFull
 from dynconv.train.checkpoint import atomic_torch_save, load_checkpoint

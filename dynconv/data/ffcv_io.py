@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.operation import Operation
 
