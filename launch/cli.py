@@ -49,10 +49,15 @@ def cmd_convert(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _launch_local(a.nproc, ["train", "--config", a.config, *a.overrides])
+    from dynconv.train.distributed import shutdown
+
     from .config import load_config
     from .training import run_training
 
-    result = run_training(load_config(a.config, a.overrides))
+    try:
+        result = run_training(load_config(a.config, a.overrides))
+    finally:
+        shutdown()
     if result["report"] is not None:  # the main process reports
         _print_result(result)
     return 0

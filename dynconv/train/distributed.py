@@ -67,6 +67,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def shutdown() -> None:
+    """Leave the process group before the process exits (a gloo/NCCL group torn down at interpreter exit
+    can abort a rank with std::terminate while its background threads still run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
