@@ -49,6 +49,16 @@ def _experiment_id(client, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=artifacts)
 
 
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the store and the experiment if needed (before jobs that log to it start); its id."""
+    try:
+        return _experiment_id(mlflow_client(uri), name, uri)
+    except DynconvError:
+        raise
+    except Exception as e:  # MLflow raises many types for a bad URI or an unreachable store
+        raise DynconvError(f"cannot open MLflow store {uri!r}: {str(e).splitlines()[0][:160]}") from None
+
+
 class MlflowTracker(Hook):
     """Owns one MLflow run. ``resume=True`` continues the run recorded in ``run_dir`` if there is one."""
 

@@ -57,17 +57,10 @@ def _frozen_configs(config: str, overrides: list[str], array: list[list[str]] | 
 
 def _prepare_tracking(cfg) -> None:
     """Create the MLflow store and experiment now, so concurrent array elements only add runs to it."""
-    if not cfg.tracking.enabled:
-        return
-    from launch.tracking import _experiment_id, default_tracking_uri, mlflow_client
+    if cfg.tracking.enabled:
+        from launch.tracking import default_tracking_uri, ensure_experiment
 
-    uri = cfg.tracking.uri or default_tracking_uri(cfg.run.dir)
-    try:
-        _experiment_id(mlflow_client(uri), cfg.tracking.experiment, uri)
-    except DynconvError:
-        raise
-    except Exception as e:
-        raise DynconvError(f"cannot open MLflow store {uri!r}: {str(e).splitlines()[0][:160]}") from None
+        ensure_experiment(cfg.tracking.uri or default_tracking_uri(cfg.run.dir), cfg.tracking.experiment)
 
 
 def submit(config: str | None, overrides: list[str], res: Resources, *, cluster: str, root: Path,
