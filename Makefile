@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # pip warns about every missing entry of the machine's local package index; hide only that noise
 QUIET_PIP := sed -u -e '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: install demo test bench fuzz clean apt
+.PHONY: install demo test test-fast bench fuzz clean apt
 
 install: $(STAMP)
 
@@ -24,15 +24,15 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory apt
 	@[ -x $(PY) ] || { echo "[install] creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "[install] torch (pinned, local wheels)"
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET_PIP)
-	@$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
+	@$(PY) -m pip install -q -c constraints.txt torch torchvision 2>&1 | $(QUIET_PIP)
 	@echo "[install] dynconv and its stack (ffcv, deepspeed, submitit, ray[tune], mlflow)"
 	@$(PY) -m pip install -q numpy cython pkgconfig 2>&1 | $(QUIET_PIP)
-	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -e '.[ffcv,test]' 2>&1 | $(QUIET_PIP)
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -c constraints.txt -e '.[all,test]' 2>&1 | $(QUIET_PIP)
 	@DS_ACCELERATOR=cpu $(PY) -c "import torch, torchvision, ffcv, deepspeed, submitit, ray.tune, mlflow; print('[install] ok: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| mlflow', mlflow.__version__)" 2>&1 | sed -e '/ds_accelerator to cpu/d'
 	@touch $(STAMP)
 
@@ -43,6 +43,10 @@ test: install
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken"; exit 1; fi; \
 	exit $$rc
+
+# the in-process tier: no subprocesses, Slurm, Ray or servers (under 2 minutes on 2 cores)
+test-fast: install
+	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 fuzz: install
 	@DYNCONV_FUZZ_EXAMPLES=$${DYNCONV_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_reliability.py -k fuzz

@@ -1,4 +1,7 @@
-"""Images/s of dynconv's FFCV input pipeline vs a torchvision ImageFolder DataLoader, same augmentations.
+"""Images/s of dynconv's FFCV input pipeline vs a torchvision ImageFolder DataLoader (same augmentations) and
+vs a bare ``ffcv.loader.Loader`` with FFCV's standard ImageNet training operations.
+
+Part 1 (the study's augmentations):
 
 All pipelines decode the same JPEGs at the same size with the same workers and batch size and apply the
 study's augmentations (horizontal + vertical flip, rotation ±15°, perspective 0.2 with p=0.5) and
@@ -14,7 +17,12 @@ per round), so that a change in the machine's load hits every pipeline alike. Be
 clock) the table gives the CPU time the pipeline spent per 1,000 images (this process and its worker
 processes, user + system), which other programs on a shared machine disturb much less.
 
-    PYTHONPATH=. .venv/bin/python bench/loader.py [--images 3000] [--size 96] [--workers 2] [--epochs 3]
+Part 2 (FFCV's own recipe): a bare FFCV ``Loader`` — decoder (centre crop, or random resized crop),
+``RandomHorizontalFlip``, ``NormalizeImage``, ``ToTensor``, ``ToTorchImage`` — against dynconv's pipeline with
+the same decoder (``data.decoder``), a horizontal flip in the loader and normalisation afterwards, on the same
+``.beton``, batch, workers and order (random, same seed). Goal: dynconv ÷ bare FFCV ≥ 0.95.
+
+    .venv/bin/python bench/loader.py [--images 3000] [--size 96] [--workers 2] [--epochs 3]
 """
 from __future__ import annotations
 
@@ -62,10 +70,10 @@ def main() -> None:
         beton = write_beton(scan_image_folder(root / "train"), Path(tmp) / "train.beton", max_side=a.size,
                             num_workers=a.workers)
 
-        def ffcv_pipeline(where: str | None):
+        def ffcv_pipeline(where: str | None, params: AugmentParams = aug, decoder: str = "center_crop"):
             source = build_source(beton, image_size=a.size, batch_size=a.batch, num_workers=a.workers, train=True,
-                                  augment=aug if where == "loader" else None)
-            transform = BatchTransform(IMAGENET_MEAN, IMAGENET_STD, cpu, aug if where == "device" else None)
+                                  augment=params if where == "loader" else None, decoder=decoder)
+            transform = BatchTransform(IMAGENET_MEAN, IMAGENET_STD, cpu, params if where == "device" else None)
 
             def run_epoch(e: int) -> int:
                 n = 0
@@ -85,10 +93,16 @@ def main() -> None:
         def tv_epoch(_e: int) -> int:
             return sum(x.shape[0] for x, _ in tv_loader)
 
+        flip = AugmentParams(hflip=0.5, vflip=0, rotation=0, perspective=0, perspective_p=0)
         pipelines = {BASELINE: tv_epoch,
                      "dynconv FFCV, where=loader": ffcv_pipeline("loader"),
                      "dynconv FFCV, where=device": ffcv_pipeline("device"),
                      "dynconv FFCV, no augmentation": ffcv_pipeline(None)}
+        recipe = {}
+        for decoder in ("center_crop", "random_resized_crop"):
+            recipe[f"bare FFCV, {decoder}"] = bare_ffcv(beton, a, decoder)
+            recipe[f"dynconv, {decoder}"] = ffcv_pipeline("loader", flip, decoder)
+        pipelines.update(recipe)
         first, rates, cpu = {}, {name: [] for name in pipelines}, {name: [0.0, 0] for name in pipelines}
         for name, run_epoch in pipelines.items():  # warm-up epoch 0 (FFCV: numba compilation)
             t0 = time.perf_counter()
@@ -114,7 +128,38 @@ def main() -> None:
         print(f"| {name:30s} | {first[name]:15.2f} | {med:17.0f} | {min(r):5.0f}-{max(r):<5.0f} | "
               f"{med / base:5.2f} | {per_k[name]:14.3f} | {per_k[BASELINE] / per_k[name]:9.2f} |")
     print("ratio: images/s ÷ torchvision's; CPU ratio: torchvision's CPU time per image ÷ the pipeline's. "
-          "Goal: dynconv FFCV (with augmentation) ≥ 2.5× torchvision")
+          "Goal: dynconv FFCV with the study's augmentations ≥ 3.5× torchvision (2 workers)")
+    print()
+    print("FFCV's ImageNet training operations (decoder, horizontal flip, normalisation), dynconv ÷ bare FFCV:")
+    print(f"| {'decoder':20s} | {'bare FFCV images/s':>18s} | {'dynconv images/s':>16s} | {'ratio':>5s} | "
+          f"{'CPU ratio':>9s} |")
+    print(f"|{'-' * 22}|{'-' * 19}:|{'-' * 17}:|{'-' * 6}:|{'-' * 10}:|")
+    for decoder in ("center_crop", "random_resized_crop"):
+        bare, ours = f"bare FFCV, {decoder}", f"dynconv, {decoder}"
+        b, o = statistics.median(rates[bare]), statistics.median(rates[ours])
+        print(f"| {decoder:20s} | {b:18.0f} | {o:16.0f} | {o / b:5.2f} | {per_k[bare] / per_k[ours]:9.2f} |")
+    print("Goal: ≥ 0.95")
+
+
+def bare_ffcv(beton: Path, a, decoder: str):
+    """FFCV's own training pipeline of its ImageNet example, on the CPU, ending in a normalised float batch."""
+    import numpy as np
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+    decode = (RandomResizedCropRGBImageDecoder((a.size, a.size)) if decoder == "random_resized_crop"
+              else CenterCropRGBImageDecoder((a.size, a.size), ratio=1.0))
+    mean, std = np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255
+    loader = Loader(str(beton), batch_size=a.batch, num_workers=a.workers, order=OrderOption.RANDOM, seed=0,
+                    drop_last=True, pipelines={
+                        "image": [decode, RandomHorizontalFlip(), NormalizeImage(mean, std, np.float32), ToTensor(),
+                                  ToTorchImage()],
+                        "label": [IntDecoder(), ToTensor(), Squeeze(1)]})
+
+    def run_epoch(_e: int) -> int:
+        return sum(x.shape[0] for x, _ in loader)
+    return run_epoch
 
 
 if __name__ == "__main__":

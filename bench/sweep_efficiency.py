@@ -2,7 +2,7 @@
 Goal: ≤ 0.4 of the grid's trial-epochs for a best result within 1 point.
 
 Both sweeps run the same grid of configs (learning rate × channel-dropout schedule) on the same small
-synthetic problem through `sweeps.runner.run_sweep`: FIFO trains every config for every epoch, ASHA stops
+synthetic problem through `dynconv.sweeps.runner.run_sweep`: FIFO trains every config for every epoch, ASHA stops
 trials at its rungs. Trials are seeded, so a config that ASHA trains to the end scores exactly what it
 scores in the grid; what the bench measures is how much training ASHA skips and whether it kept the best
 config (or one within 1 point) alive. Compute is counted in trial-epochs (epochs trained, summed over
@@ -39,7 +39,9 @@ def main() -> None:
     for name in ("alembic", "mlflow.store.db.utils"):  # MLflow's notes on creating its database
         logging.getLogger(name).setLevel(logging.WARNING)
     from dynconv.data.synth import write_dataset
-    from sweeps.runner import init_ray, run_sweep
+    from dynconv.sweeps.runner import run_sweep
+    from dynconv.sweeps.spec import SweepOptions
+    from dynconv.sweeps.tuner import init_ray
 
     root = Path(a.out or tempfile.mkdtemp(prefix="sweep-bench-"))
     data = root / "data"
@@ -57,8 +59,9 @@ def main() -> None:
             out = root / scheduler
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            r = run_sweep(out, str(CONFIG), str(space), overrides, scheduler=scheduler, search="grid", metric=a.metric,
-                          grace_period=a.grace_period, reduction_factor=a.reduction_factor, verbose=0)
+            r = run_sweep(out, str(CONFIG), str(space), overrides,
+                          SweepOptions(scheduler=scheduler, search="grid", metric=a.metric, grace_period=a.grace_period,
+                                       reduction_factor=a.reduction_factor), verbose=0)
             rows.append({"method": name, "trials": len(r["rows"]), "trial_epochs": r["trial_epochs"],
                          "best": r["best"]["metric"], "params": r["best"]["params"], "wall": time.perf_counter() - t0,
                          "stopped": sum(not t["finished"] for t in r["rows"])})

@@ -20,7 +20,7 @@ from dynconv.data.loaders import DataSource
 from dynconv.dropout import ChannelDropout
 from dynconv.models import create_model
 from dynconv.train import FitSpec, build_optimizer, build_scheduler, fit
-from dynconv.train.strategy import build_strategy
+from dynconv.train.strategies import build_strategy
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             spec = FitSpec(epochs=1, device=dev, train_transform=lambda x, e, s: transform(x),
                            eval_transform=transform, dropout=ChannelDropout("none", 3), run_dir=Path(tmp),
-                           manifest={"format_version": 1}, log=lambda _m: None)
+                           manifest={"format_version": 1})
             source = DataSource(batches, None, a.steps * a.batch, "memory")
             sync()
             t0 = time.perf_counter()

@@ -8,6 +8,9 @@ Base distributions over the non-empty subsets (``kind``):
 * ``none`` — always every channel;
 * ``constant`` — each channel is dropped independently with probability ``p``; an empty draw is redrawn;
 * ``uniform_subsets`` — uniform over the ``2**C - 1`` subsets (the original study);
+* ``hierarchical`` — hierarchical channel sampling (ChannelViT's HCS, Bao et al., ICLR 2024): the subset
+  size ``k`` uniform in ``1..C``, then a ``k``-subset uniformly, so every size is drawn equally often
+  (``uniform_subsets`` draws the many mid-sized subsets more often than the full input);
 * ``weighted_subsets`` — ``weights[name]`` per subset name (e.g. ``{"RGB": 2, "R": 1}``; unnamed: 0).
 
 Curricula (``curriculum``) start from full input and move to the base distribution over ``ramp_epochs``:
@@ -21,20 +24,16 @@ import math
 import numpy as np
 
 from .channels import Subset, all_subsets, subset_name
+from .choices import CURRICULA, DROPOUT_KINDS, check_choice
 from .errors import DynconvError
-
-SCHEDULES = ("none", "constant", "uniform_subsets", "weighted_subsets")
-CURRICULA = ("none", "linear", "cosine", "step")
 
 
 class ChannelDropout:
     def __init__(self, kind: str, num_channels: int, seed: int = 0, p: float = 0.5,
                  weights: dict[str, float] | None = None, curriculum: str = "none", ramp_epochs: int = 1,
                  steps: int = 4, channels: str | None = None):
-        if kind not in SCHEDULES:
-            raise DynconvError(f"unknown channel-dropout schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
-        if curriculum not in CURRICULA:
-            raise DynconvError(f"unknown dropout curriculum {curriculum!r}: choose one of {', '.join(CURRICULA)}")
+        check_choice(kind, DROPOUT_KINDS, "channel-dropout schedule")
+        check_choice(curriculum, CURRICULA, "dropout curriculum")
         if not 0 <= p < 1:
             raise DynconvError(f"dropout.p must be in [0, 1), got {p}")
         self.kind, self.seed, self.p = kind, seed, p
@@ -50,6 +49,9 @@ class ChannelDropout:
             probs = np.eye(n)[0]
         elif self.kind == "uniform_subsets":
             probs = np.full(n, 1.0 / n)
+        elif self.kind == "hierarchical":
+            c = len(self.full)
+            probs = np.array([1.0 / (c * math.comb(c, len(s))) for s in self.subsets])
         elif self.kind == "constant":  # independent keep probability 1-p per channel, conditioned on non-empty
             keep = 1 - self.p
             probs = np.array([keep ** len(s) * self.p ** (len(names) - len(s)) for s in self.subsets])

@@ -11,6 +11,7 @@ from torch import nn
 from .channel_select import forward_subset
 from .channels import Subset, subset_name
 from .flops import count_macs
+from .metric_names import MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -55,12 +56,13 @@ def subset_accuracies(model: nn.Module, batches: Iterable, transform: Callable, 
     """Light per-epoch read-out: ``val_acc_<subset>`` for each subset plus ``val_mean_subset_acc`` and
     ``val_worst_subset_acc`` (``val_`` keeps them apart from the final evaluation's ``acc_*`` metrics)."""
     y, preds = predict_subsets(model, batches, transform, subsets, device)
-    accs = {f"val_acc_{subset_name(s, channels)}": float((preds[s] == y).mean()) for s in subsets}
-    return {**accs, "val_mean_subset_acc": float(np.mean(list(accs.values()))),
-            "val_worst_subset_acc": float(min(accs.values()))}
+    accs = {metric_name("accuracy", subset_name(s, channels), per_epoch=True): float((preds[s] == y).mean())
+            for s in subsets}
+    return {**accs, metric_name(MEAN_SUBSET_ACC, per_epoch=True): float(np.mean(list(accs.values()))),
+            metric_name(WORST_SUBSET_ACC, per_epoch=True): float(min(accs.values()))}
 
 
 def summarize(results: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean and worst accuracy over the evaluated subsets."""
     accs = [r["accuracy"] for r in results.values()]
-    return {"mean_subset_acc": float(np.mean(accs)), "worst_subset_acc": float(np.min(accs))}
+    return {MEAN_SUBSET_ACC: float(np.mean(accs)), WORST_SUBSET_ACC: float(np.min(accs))}

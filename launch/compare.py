@@ -10,9 +10,10 @@ from pathlib import Path
 from dynconv.channels import all_subsets, subset_name
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
+from dynconv.metric_names import MEAN_SUBSET_ACC, VAL_ACC, WORST_SUBSET_ACC, logged_name, subset_metric
 
 from .plots import subset_figure
-from .tracking import mlflow_client
+from .mlflow_store import existing_store, mlflow_client, store_errors
 
 FORMATS = ("table", "markdown", "csv", "json")
 INFO_COLUMNS = ("run", "run_id", "model", "stem_mode", "stem", "norm", "dropout", "epochs", "macs")
@@ -27,7 +28,8 @@ def run_row(run) -> dict | None:
     """The comparison row of one run, or None when it has no per-subset results."""
     p, m = run.data.params, run.data.metrics
     channels = _param(p, "data.channels", "RGB")
-    subsets = [subset_name(s, channels) for s in all_subsets(channels) if f"acc_{subset_name(s, channels)}" in m]
+    acc, macs = (lambda s: subset_metric("accuracy", s)), (lambda s: subset_metric("macs", s))
+    subsets = [subset_name(s, channels) for s in all_subsets(channels) if acc(subset_name(s, channels)) in m]
     if not subsets:
         return None
     model = _param(p, "model.name", "?")
@@ -38,23 +40,35 @@ def run_row(run) -> dict | None:
         "stem_mode": _param(p, "model.stem_mode", "prefix" if dynamic else "-"),
         "stem": _param(p, "model.stem", "torchvision"), "norm": _param(p, "model.norm", "shared"),
         "dropout": _param(p, "dropout.kind", "?"), "epochs": int(float(_param(p, "train.epochs", "0"))),
-        "macs": int(m.get(f"macs_{full}", 0)),
-        "acc": {s: m[f"acc_{s}"] for s in subsets},
-        "metrics": {s: {k: m.get(f"{prefix}_{s}") for k, prefix in (("accuracy", "acc"), ("precision", "precision"),
-                                                                    ("recall", "recall"), ("f1", "f1"), ("macs", "macs"))}
+        "macs": int(m.get(macs(full), 0)),
+        "acc": {s: m[acc(s)] for s in subsets},
+        "metrics": {s: {k: m.get(subset_metric(k, s)) for k in ("accuracy", "precision", "recall", "f1", "macs")}
                     for s in subsets},
         "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
-        "macs_by_subset": {s: int(m.get(f"macs_{s}", 0)) for s in subsets},
-        "mean_subset_acc": m.get("mean_subset_acc", sum(m[f"acc_{s}"] for s in subsets) / len(subsets)),
-        "worst_subset_acc": m.get("worst_subset_acc", min(m[f"acc_{s}"] for s in subsets)),
-        "f1": m.get(f"f1_{full}", float("nan")), "full": full,
+        "macs_by_subset": {s: int(m.get(macs(s), 0)) for s in subsets},
+        MEAN_SUBSET_ACC: m.get(subset_metric(MEAN_SUBSET_ACC), sum(m[acc(s)] for s in subsets) / len(subsets)),
+        WORST_SUBSET_ACC: m.get(subset_metric(WORST_SUBSET_ACC), min(m[acc(s)] for s in subsets)),
+        "f1": m.get(subset_metric("f1", full), float("nan")), "full": full,
     }
 
 
+def search_all_runs(client, experiment_ids: list[str], filter_string: str = "", page_size: int = 1000) -> list:
+    """Every matching run, page by page (MLflow returns at most ``page_size`` per call)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=page_size, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def collect_rows(uri: str, experiments: list[str] | None = None, run_ids: list[str] | None = None,
-                 filter_string: str = "") -> tuple[list[dict], object]:
-    client = mlflow_client(uri)
-    try:
+                 filter_string: str = "", narrow: str = "--experiment/--filter") -> tuple[list[dict], object]:
+    """Comparison rows of the matching runs; ``narrow`` names the caller's options that select runs (for the
+    message when none match)."""
+    client = mlflow_client(existing_store(uri))
+    with store_errors(uri, "read runs from"):
         if run_ids:
             runs = [client.get_run(r) for r in run_ids]
         else:
@@ -68,19 +82,19 @@ def collect_rows(uri: str, experiments: list[str] | None = None, run_ids: list[s
                     exps.append(exp.experiment_id)
             else:
                 exps = [e.experiment_id for e in client.search_experiments()]
-            runs = client.search_runs(exps, filter_string=filter_string, max_results=5000) if exps else []
-    except DynconvError:
-        raise
-    except Exception as e:  # MLflow raises several types for bad filters, unknown ids, unreachable servers
-        raise DynconvError(f"cannot read runs from {uri}: {str(e).splitlines()[0][:200]}") from None
+            runs = search_all_runs(client, exps, filter_string) if exps else []
     rows = [r for r in (run_row(run) for run in runs) if r is not None]
     if not rows:
         raise DynconvError(f"no runs with per-subset results (acc_<subset> metrics) match at {uri}: "
-                           "train with 'dynconv train' first, or loosen --experiment/--filter")
+                           f"train with 'dynconv train' first, or loosen {narrow}")
     return rows, client
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
+    subsets = list(dict.fromkeys(s for r in rows for s in r["acc"]))
+    if key.startswith("acc_") and key[4:] not in subsets:
+        raise DynconvError(f"cannot sort by {key!r}: the runs have {', '.join('acc_' + s for s in subsets)}")
+
     def value(r):
         if key.startswith("acc_"):
             return r["acc"].get(key[4:], float("-inf"))
@@ -149,28 +163,59 @@ def render(rows: list[dict], fmt: str) -> str:
         for r in rows:
             w.writerow([r["run_id"], *(_cell(r, c, False) for c in cols)])
         return buf.getvalue()
-    head = [c.replace("acc_", "").replace("_subset_acc", "") for c in cols]
+    head = [header(c, rows) for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(_cell(r, c, True) or "") for c in cols) + " |" for r in rows]
-    return "Accuracy in %; Δ columns in points against the baseline.\n\n" * ("d_mean" in rows[0]) + "\n".join(lines) + "\n"
+    note = "Accuracy in %" + ("; Δ columns in points against the baseline" if "d_mean" in rows[0] else "")
+    return note + ".\n\n" + "\n".join(lines) + "\n"
+
+
+# columns given up first when a table does not fit the terminal (the subsets, mean and worst stay)
+DROP_ORDER = ("stem", "epochs", "dropout", "macs", "f1", "model", "stem_mode", "norm", "d_full", "d_worst")
+
+
+def header(col: str, rows: list[dict]) -> str:
+    """A column's heading: subsets by name; f1 and MACs say which subset they are of."""
+    full = rows[0]["full"] if rows else "RGB"
+    names = {"mean_subset_acc": "mean", "worst_subset_acc": "worst", "f1": f"F1 {full}", "macs": f"MACs {full}",
+             "rgb_gap": "rgb_gap", "d_mean": "Δmean", "d_worst": "Δworst", "d_full": f"Δ{full}"}
+    return names.get(col, col[4:] if col.startswith("acc_") else col)
+
+
+def fit_columns(rows: list[dict], width: int) -> tuple[list[str], list[str]]:
+    """The columns that fit ``width`` characters (and the ones left out), dropping by :data:`DROP_ORDER`."""
+    cols = _columns(rows)
+
+    def needed(cs):  # rich: 3 characters of padding and border per column, plus one
+        return 1 + sum(3 + max(len(header(c, rows)), *(len(str(_cell(r, c, True) or "")) for r in rows)) for c in cs)
+    dropped = []
+    for c in DROP_ORDER:
+        if needed(cols) <= width:
+            break
+        if c in cols:
+            cols.remove(c)
+            dropped.append(c)
+    return cols, dropped
 
 
 def print_rich(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    cols = _columns(rows)
-    table = Table(title=f"{len(rows)} runs (accuracy in %)")
+    console = Console()
+    cols, dropped = fit_columns(rows, console.width)
+    note = f"; {len(dropped)} column(s) left out to fit: {', '.join(dropped)} (--format csv has all)" if dropped else ""
+    table = Table(title=f"{len(rows)} runs — accuracy in %{note}", title_justify="left")
     for c in cols:
-        table.add_column(c.replace("acc_", "").replace("_subset_acc", ""), justify="left" if c in INFO_COLUMNS else "right",
-                         no_wrap=True)
+        table.add_column(header(c, rows), justify="left" if c in INFO_COLUMNS else "right", no_wrap=c == "run",
+                         overflow="fold")
     for r in rows:
         table.add_row(*(str(_cell(r, c, True) or "") for c in cols))
-    Console().print(table)
+    console.print(table)
 
 
 def plot_rows(rows: list[dict], client, path: Path) -> dict:
-    curves = {r["run"]: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], "val_acc"))
+    curves = {r["run"]: sorted((h.step, h.value) for h in client.get_metric_history(r["run_id"], logged_name(VAL_ACC)))
               for r in rows}
     figure_rows = [{"label": r["run"], "accuracy": r["acc"], "macs": r["macs_by_subset"]} for r in rows]
     return subset_figure(figure_rows, path, curves=curves, title="dynconv compare")
@@ -205,9 +250,9 @@ def run_compare(uri: str | None, experiments, run_ids, filter_string: str, sort:
     if log_to:
         import tempfile
 
-        from .tracking import MlflowTracker
+        from .tracking import MlflowRun
 
-        tracker = MlflowTracker.attach(uri, log_to)
+        tracker = MlflowRun.attach(uri, log_to)
         with tempfile.TemporaryDirectory() as tmp:
             md = text if fmt in ("table", "markdown") else render(rows, "markdown")
             for f in files + [atomic_write_text(Path(tmp) / "compare.md", md)]:

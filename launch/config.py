@@ -1,128 +1,182 @@
 """The config schema (the only place that knows it), YAML loading and ``dotted.key=value`` overrides."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from dynconv.batching import check_global_batch
+from dynconv.channels import parse_subsets, validate_channels
+from dynconv.choices import (AUGMENT_WHERE, CURRICULA, DATA_BACKENDS, DATA_ORDERS, DECODERS, DROPOUT_KINDS,
+                             LR_SCHEDULES, NORM_MODES, OPTIMIZERS, PRECISIONS, STEM_MODES, STEM_PRESETS, STRATEGIES)
+from dynconv.data.augment import AugmentParams
 from dynconv.errors import DynconvError
+from dynconv.fileio import read_yaml
+from dynconv.train.strategies.deepspeed_engine import DeepSpeedOptions
+
+
+def D(default, doc: str, **bounds):  # noqa: N802 - a field with its meaning, for `dynconv train --help`
+    return Field(default, description=doc, **bounds)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AugmentConfig(_Section):
-    enabled: bool = True
-    hflip: float = Field(0.5, ge=0, le=1)
-    vflip: float = Field(0.5, ge=0, le=1)
-    rotation: float = Field(15.0, ge=0, le=180)
-    perspective: float = Field(0.2, ge=0, le=1)
-    perspective_p: float = Field(0.5, ge=0, le=1)
+def section_from(options: type, name: str, **extra) -> type[_Section]:
+    """A config section with the fields of a library dataclass (types, defaults, bounds and docs from its
+    ``dynconv.fields.param`` metadata) plus ``extra`` fields (``name=(type, Field(...))``)."""
+    hints = get_type_hints(options)
+    fields = {}
+    for f in dataclasses.fields(options):
+        bounds = {k: v for k, v in f.metadata.items() if k in ("ge", "le", "gt", "lt")}
+        fields[f.name] = (hints[f.name], Field(f.default, description=f.metadata.get("doc"), **bounds))
+    return create_model(name, __base__=_Section, **extra, **fields)
+
+
+AugmentConfig = section_from(
+    AugmentParams, "AugmentConfig", enabled=(bool, D(True, "the study's flips, rotation and perspective")),
     # device: batched on the training device, draws from (seed, epoch, step); loader: per image inside
-    # the data loader on the CPU (FFCV pipeline or torchvision workers), draws from (seed, epoch, sample)
-    where: Literal["device", "loader"] = "device"
+    # the data loader on the CPU (FFCV pipeline or torchvision workers), draws from (seed, epoch, sample);
+    # auto: loader when training on the CPU (4-8x faster there), device on a GPU (the CPU keeps decoding)
+    where=(Literal[*AUGMENT_WHERE], D("auto", "where augmentation runs: auto = loader on a CPU, device on a GPU")))
 
 
 class DataConfig(_Section):
-    train: str | None = None
-    val: str | None = None
-    image_size: int = Field(64, ge=8, le=4096)
-    num_workers: int = Field(2, ge=0, le=256)
-    channels: str = "RGB"
-    backend: Literal["auto", "ffcv", "torchvision"] = "auto"
-    strict: bool = False
-    os_cache: bool = True          # FFCV: rely on the OS page cache (False: FFCV's own in-memory cache)
-    order: Literal["random", "quasi_random"] = "random"  # training order; quasi_random: FFCV, larger-than-RAM
-    drop_last: bool = True         # training: drop the last partial batch
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    train: str | None = D(None, "training images: an image folder (root/<class>/<image>) or a .beton file")
+    val: str | None = D(None, "validation images, likewise")
+    image_size: int = D(64, "side of the square images the model sees", ge=8, le=4096)
+    num_workers: int = D(2, "loader workers (FFCV: threads; torchvision: processes)", ge=0, le=256)
+    channels: str = D("RGB", "the data set's channel names, one letter each (e.g. RGBUV for 5-channel arrays)")
+    backend: Literal[*DATA_BACKENDS] = D("auto", "auto: FFCV for .beton files, torchvision for folders")
+    strict: bool = D(False, "unreadable image files are an error instead of being skipped")
+    os_cache: bool = D(True, "FFCV: rely on the OS page cache (false: FFCV's own in-memory cache)")
+    order: Literal[*DATA_ORDERS] = D("random", "training order; quasi_random: FFCV, for data larger than memory")
+    drop_last: bool = D(True, "training: drop the last partial batch")
+    decoder: Literal[*DECODERS] = D("center_crop", "FFCV training images: centre crop, or random resized crop "
+                                    "(FFCV's ImageNet recipe; validation always centre-crops)")
+    mean: list[float] | Literal["auto"] | None = D(None, "per-channel mean for normalisation (default: ImageNet's "
+                                                   "for RGB, 0.5 otherwise; auto: the training set's)")
+    std: list[float] | Literal["auto"] | None = D(None, "per-channel std, likewise (0.25 otherwise)")
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _per_channel_stats(self):
+        validate_channels(self.channels)
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if isinstance(values, list) and len(values) != len(self.channels):
+                raise ValueError(f"data.{key} needs one value per channel of {self.channels!r}, got {len(values)}")
+        return self
 
 
 class ModelConfig(_Section):
-    name: str = "dynamic_resnet18"
-    num_classes: int = Field(10, ge=2)
-    # None = the model's own default (dynamic_* models: prefix stem; torchvision stem preset)
-    stem_mode: Literal["prefix", "slice", "template_mixing", "hypernet", "depthwise"] | None = None
-    stem: Literal["torchvision", "study"] | None = None
-    stem_rescale: bool | None = None
-    norm: Literal["shared", "recalibrate", "switchable", "group"] | None = None
-    switchable_stages: int | None = Field(None, ge=0)
-    switchable_affine: bool | None = None
-    calibration_batches: int = Field(20, ge=1)  # training batches per subset for norm=recalibrate
+    name: str = D("dynamic_resnet18", "a registered model: dynamic_resnet18/34 (channel-adaptive), resnet18/34, ran2")
+    num_classes: int = D(10, "classes of the data set", ge=2)
+    stem_mode: Literal[*STEM_MODES] | None = D(None, "channel-adaptive first conv (dynamic_* models; default prefix)")
+    stem: Literal[*STEM_PRESETS] | None = D(None, "stem geometry: torchvision 7x7/2 (default) or the study's 7x7/1")
+    stem_rescale: bool | None = D(None, "slice stem: scale by C/k when channels are missing")
+    norm: Literal[*NORM_MODES] | None = D(None, "normalisation: shared BatchNorm, per-subset statistics, GroupNorm (with train.grad_clip)")
+    switchable_stages: int | None = D(None, "norm=switchable: only the stem's norm and the first N stages", ge=0)
+    switchable_affine: bool | None = D(None, "norm=switchable: per-subset gamma/beta too")
+    calibrate: bool = D(True, "norm=recalibrate|switchable: measure per-subset statistics before each validation")
+    calibration_batches: int = D(20, "training batches per subset for the final statistics", ge=1)
+    fill_rescale: bool | None = D(None, "plain models: scale the present channels by C/k (absent ones are zeros)")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)          # global: images per optimiser step, over processes and micro-steps
-    lr: float = Field(0.05, gt=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    scheduler: Literal["cosine", "constant", "step", "onecycle"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)        # linear LR warm-up before the schedule
-    step_size: int = Field(30, ge=1)           # scheduler=step: epochs between decays
-    gamma: float = Field(0.1, gt=0, le=1)      # scheduler=step: decay factor
-    pct_start: float = Field(0.3, gt=0, lt=1)  # scheduler=onecycle: fraction of the steps spent rising
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-    device: str = "auto"
-    # auto: single for one process, ddp for several (WORLD_SIZE); deepspeed: see the deepspeed section
-    strategy: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
-    grad_accum_steps: int = Field(1, ge=1)     # micro-batches (of batch_size / processes / this) per step
-    grad_clip: float = Field(0.0, ge=0)        # clip the gradient norm to this (0: off)
-    compile: bool = False                      # torch.compile the model (nn.Module.compile, in place)
-    res_start: int | None = Field(None, ge=8, le=4096)  # progressive resizing: resolution of epoch 1 (None: off)
-    res_end: int | None = Field(None, ge=8, le=4096)    # ... reached after res_ramp_epochs (None: data.image_size)
-    res_ramp_epochs: int | None = Field(None, ge=1)     # ... epochs of the ramp (None: train.epochs - 1)
-    resume: str | None = None
-    keep_checkpoints: int = Field(2, ge=1)
-    max_bad_steps: int = Field(0, ge=0)        # NaN/Inf losses to skip before stopping (0: stop at the first)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    every_steps: int = Field(0, ge=0)  # mid-epoch checkpoints every N optimiser steps (0: at epoch ends only)
-    channels_last: bool = False
+    epochs: int = D(10, "epochs to train", ge=1)
+    batch_size: int = D(64, "global: images per optimiser step, over processes and micro-steps", ge=1)
+    lr: float = D(0.05, "base learning rate", gt=0)
+    optimizer: Literal[*OPTIMIZERS] = D("sgd", "sgd (Nesterov momentum) or adamw; no weight decay on norms and biases")
+    scheduler: Literal[*LR_SCHEDULES] = D("cosine", "learning-rate schedule")
+    warmup_epochs: int = D(0, "linear warm-up epochs before the schedule", ge=0)
+    step_size: int = D(30, "scheduler=step: epochs between decays", ge=1)
+    gamma: float = D(0.1, "scheduler=step: decay factor", gt=0, le=1)
+    pct_start: float = D(0.3, "scheduler=onecycle: fraction of the steps spent rising", gt=0, lt=1)
+    cycle_momentum: bool = D(True, "scheduler=onecycle: cycle the momentum inversely to the rate (torch's)")
+    base_momentum: float = D(0.85, "scheduler=onecycle: the low end of the momentum cycle", ge=0, lt=1)
+    momentum: float = D(0.9, "SGD momentum (AdamW: beta1)", ge=0, lt=1)
+    weight_decay: float = D(5e-4, "weight decay (not on norms and biases)", ge=0)
+    label_smoothing: float = D(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
+    seed: int = D(0, "seeds weights, data order, augmentation and channel dropout")
+    device: str = D("auto", "auto, cpu, cuda or cuda:N")
+    strategy: Literal["auto", *STRATEGIES] = D("auto", "auto: single for one process, ddp for several (WORLD_SIZE)")
+    grad_accum_steps: int = D(1, "micro-batches (of batch_size / processes / this) per optimiser step", ge=1)
+    grad_clip: float = D(0.0, "clip the global gradient norm to this (0: off)", ge=0)
+    compile: bool = D(False, "torch.compile the model (in place; weights keep their names)")
+    res_start: int | None = D(None, "progressive resizing: resolution of epoch 1 (unset: off)", ge=8, le=4096)
+    res_end: int | None = D(None, "progressive resizing: final resolution (unset: data.image_size)", ge=8, le=4096)
+    res_ramp_epochs: int | None = D(None, "progressive resizing: epochs of the ramp (unset: epochs - 1)", ge=1)
+    resume: str | None = D(None, "auto: continue run.dir from its newest checkpoint; or a checkpoint path")
+    keep_checkpoints: int = D(2, "epoch checkpoints kept in run.dir/checkpoints", ge=1)
+    max_bad_steps: int = D(0, "NaN/Inf losses to skip before stopping (0: stop at the first)", ge=0)
+    precision: Literal[*PRECISIONS] = D("fp32", "autocast precision")
+    every_steps: int = D(0, "also checkpoint every N optimiser steps within an epoch (0: epoch ends only)", ge=0)
+    log_every_steps: int = D(50, "a progress line every N steps: step, loss, images/s, time left (0: off)", ge=0)
+    channels_last: bool = D(False, "channels_last memory format (faster convolutions on GPUs)")
+    teacher: str | None = D(None, "distil from this checkpoint (it sees every channel, the student the subset)")
+    distill_alpha: float = D(0.5, "weight of the soft-target loss (1 - alpha: the labels' cross-entropy)", ge=0, le=1)
+    distill_temperature: float = D(2.0, "distillation temperature", gt=0)
+    ema_decay: float = D(0.0, "average the weights after every step, e.g. 0.999 (0: off)", ge=0, lt=1)
+    ema_final: bool = D(True, "with ema_decay: evaluate the average and write it as model.pt")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        check_global_batch(self.batch_size, 1, self.grad_accum_steps)
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"train.warmup_epochs={self.warmup_epochs} must be smaller than train.epochs={self.epochs}")
+        if self.scheduler == "onecycle" and self.warmup_epochs:
+            raise ValueError("train.scheduler=onecycle has its own warm-up (train.pct_start): set train.warmup_epochs=0")
+        if self.scheduler == "onecycle" and self.cycle_momentum and self.momentum and not self.base_momentum < self.momentum:
+            raise ValueError(f"train.base_momentum={self.base_momentum} must be below train.momentum={self.momentum} "
+                             "(onecycle cycles between them), or set train.cycle_momentum=false")
+        if self.teacher is not None and self.distill_alpha == 0:
+            raise ValueError("train.teacher is set but train.distill_alpha=0: the teacher would not be used")
+        if self.res_start is None and (self.res_end is not None or self.res_ramp_epochs is not None):
+            raise ValueError("train.res_end / train.res_ramp_epochs need train.res_start (the first epoch's resolution)")
+        return self
 
 
-class DeepSpeedSection(_Section):
-    """Used with train.strategy=deepspeed; unset keys take the JSON file's value, else the default."""
-
-    zero_stage: int | None = Field(None, ge=0, le=3)                 # default 2
-    offload_optimizer: Literal["none", "cpu"] | None = None          # ZeRO-Offload of the optimizer state
-    offload_param: Literal["none", "cpu"] | None = None              # ZeRO-3 only
-    config: str | None = None  # DeepSpeed JSON merged with what dynconv derives (batch, accumulation, precision)
+# Used with train.strategy=deepspeed; unset keys take the JSON file's value, else the default.
+DeepSpeedSection = section_from(DeepSpeedOptions, "DeepSpeedSection")
 
 
 class DropoutConfig(_Section):
-    kind: Literal["none", "constant", "uniform_subsets", "weighted_subsets"] = "uniform_subsets"
-    p: float = Field(0.5, ge=0, lt=1)              # constant: drop probability per channel
-    weights: dict[str, float] = {}                  # weighted_subsets: weight per subset name, e.g. {RGB: 2, R: 1}
-    curriculum: Literal["none", "linear", "cosine", "step"] = "none"
-    ramp_epochs: int = Field(1, ge=1)               # curriculum: epochs from full input to the base distribution
-    steps: int = Field(4, ge=1)                     # curriculum=step: number of steps
+    kind: Literal[*DROPOUT_KINDS] = D("uniform_subsets", "which channel subset each training step sees")
+    p: float = D(0.5, "kind=constant: drop probability of each channel", ge=0, lt=1)
+    weights: dict[str, float] = D({}, "kind=weighted_subsets: weight per subset name, e.g. {RGB: 2, R: 1}")
+    curriculum: Literal[*CURRICULA] = D("none", "move from full input to the distribution over ramp_epochs")
+    ramp_epochs: int = D(1, "curriculum: epochs from full input to the distribution", ge=1)
+    steps: int = D(4, "curriculum=step: number of steps", ge=1)
 
 
 class EvalConfig(_Section):
-    subsets: str = "all"
-    batch_size: int = Field(256, ge=1)
-    every_epoch: bool = False  # also score eval.subsets every epoch: val_acc_<subset>, val_{mean,worst}_subset_acc
+    subsets: str = D("all", "subsets to evaluate: all, or e.g. RGB,RG,R")
+    batch_size: int = D(256, "evaluation batch size", ge=1)
+    every_epoch: bool | Literal["auto"] = D("auto", "also score eval.subsets every epoch (val_acc_<subset>, mean, "
+                                             "worst); auto: when that costs at most one epoch's images")
+    calibration_batches: int = D(2, "norm=recalibrate|switchable: batches per subset before each validation", ge=1)
 
 
 class RunConfig(_Section):
-    dir: str = "runs/default"
-    name: str | None = None
-    tags: dict[str, str] = {}  # MLflow run tags, e.g. run.tags.study=dynamic for `dynconv report --study`
+    dir: str = D("runs/default", "run folder: checkpoints, config.yaml, eval.json, model.pt")
+    name: str | None = D(None, "MLflow run name (default: the folder's name)")
+    tags: dict[str, str] = D({}, "MLflow run tags, e.g. run.tags.study=dynamic for dynconv report --study")
 
 
 class TrackingConfig(_Section):
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "dynconv"
+    enabled: bool = D(True, "log to MLflow")
+    uri: str | None = D(None, "tracking URI (default sqlite:///<parent of run.dir>/mlruns.db)")
+    experiment: str = D("dynconv", "MLflow experiment name")
+    log_model: bool = D(True, "log the trained model as an MLflow model (registrable; dynconv eval models:/...)")
 
 
 class Config(_Section):
@@ -134,6 +188,20 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _across_sections(self):
+        parse_subsets(self.eval.subsets, self.data.channels)  # letters of data.channels
+        t = self.train
+        end = t.res_end or self.data.image_size
+        if t.res_start is not None and max(t.res_start, end) > self.data.image_size:
+            raise ValueError(f"train.res_start/res_end ({t.res_start}, {end}) must not exceed data.image_size="
+                             f"{self.data.image_size}: batches are loaded at data.image_size and resized on the device")
+        given = sorted(k for k, v in self.deepspeed.model_dump().items() if v is not None)  # None: unset
+        if given and t.strategy != "deepspeed":
+            raise ValueError(f"deepspeed.{given[0]} is set but train.strategy={t.strategy}: "
+                             "set train.strategy=deepspeed, or drop the deepspeed section")
+        return self
 
 
 def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -148,16 +216,64 @@ def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 
 def unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, _known_keys(), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else "see launch/configs/demo.yaml for the valid keys"
+    """One line with the nearest valid key, by section first: a mistyped section ('trian.epochs' ->
+    'train.epochs'), then the nearest name within the section, then the nearest key anywhere."""
+    keys = _known_keys()
+    section, _, rest = key.partition(".")
+    sections = list(dict.fromkeys(k.split(".")[0] for k in keys))
+    if rest and section not in sections:
+        section = next(iter(difflib.get_close_matches(section, sections, n=1)), section)
+    names = [k[len(section) + 1:] for k in keys if k.startswith(section + ".")]
+    near = difflib.get_close_matches(rest, names, n=1) if rest else []
+    close = [f"{section}.{near[0]}"] if near else [] if names else difflib.get_close_matches(key, keys, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "'dynconv train --help' lists the valid keys"
     return f"unknown config key '{key}': {hint}"
+
+
+def _type_text(annotation) -> str:
+    """``Literal['a', 'b'] | None`` -> ``a|b|null``, for the key table."""
+    args = [a for a in get_args(annotation)] if get_origin(annotation) in (Union, types.UnionType) else [annotation]
+    parts = []
+    for a in args:
+        if a is type(None):
+            parts.append("null")
+        elif get_origin(a) is Literal:
+            parts.append("|".join(map(str, get_args(a))))
+        elif get_origin(a) in (list, dict):
+            parts.append(getattr(get_origin(a), "__name__", str(a)))
+        else:
+            parts.append(getattr(a, "__name__", str(a)))
+    return "|".join(parts)
+
+
+def key_table(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type and bounds, default, meaning) of every config key, in schema order — generated from
+    the schema, so ``dynconv train --help`` cannot go stale."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += key_table(ann, f"{prefix}{name}.")
+            continue
+        bounds = [f"{op}{getattr(m, attr)}" for m in f.metadata
+                  for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]
+        typ = _type_text(ann) + (f" ({', '.join(bounds)})" if bounds else "")
+        default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+        rows.append((prefix + name, typ, default, f.description or ""))
+    return rows
 
 
 def _explain(err: ValidationError) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
+        value = e.get("input")
+        while isinstance(value, dict) and len(value) == 1:  # a mistyped section: name its key too ('trian.epochs')
+            name, value = next(iter(value.items()))
+            key = f"{key}.{name}"
         return unknown_key_message(key)
+    if e["type"] == "value_error":  # a check across keys (the message names them)
+        return e["msg"].removeprefix("Value error, ")
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
@@ -177,13 +293,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """Defaults <- YAML file <- overrides; any unknown key or bad value is a one-line DynconvError."""
     base: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DynconvError(f"config file {path} does not exist: pass a YAML file such as launch/configs/demo.yaml")
-        try:
-            base = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DynconvError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        base = read_yaml(path, "config file", "pass a YAML file such as launch/configs/demo.yaml") or {}
         if not isinstance(base, dict):
             raise DynconvError(f"config file {path} must hold a mapping of sections (data:, model:, train:, ...)")
     try:

@@ -1,7 +1,6 @@
 """`dynconv eval`: score a checkpoint on every channel subset of a validation set."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -9,6 +8,7 @@ import torch
 from dynconv.channels import parse_subsets
 from dynconv.data import BatchTransform, DataSource, build_source
 from dynconv.errors import DynconvError
+from dynconv.fileio import read_json
 from dynconv.evaluate import evaluate_subsets, summarize
 from dynconv.train.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -50,9 +50,7 @@ def reference_rgb_accuracy(reference: str, data: str, batch_size: int, num_worke
     """Full-channel accuracy of a reference: an ``eval.json`` report, or a checkpoint evaluated on ``data``."""
     ref = Path(reference)
     if ref.suffix == ".json":
-        if not ref.is_file():
-            raise DynconvError(f"reference report {ref} does not exist")
-        report = json.loads(ref.read_text())
+        report = read_json(ref, "reference report")
         full = report.get("channels", "RGB")
         if full not in report.get("subsets", {}):
             raise DynconvError(f"reference report {ref} has no {full} row: evaluate the reference on all channels")

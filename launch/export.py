@@ -34,7 +34,7 @@ def run_export(checkpoint: str | Path, out: str | Path) -> tuple[Path, str]:
         plain = {"dynconv": ckpt["dynconv"], "model": ckpt["model"], "epoch": ckpt.get("epoch")}
         what = f"dynconv checkpoint {source}"
     else:
-        from dynconv.train.deepspeed_strategy import consolidate
+        from dynconv.train.strategies.deepspeed_engine import consolidate
 
         record, state = consolidate(source)
         plain = {"dynconv": record["dynconv"], "model": state, "epoch": record["epoch"]}

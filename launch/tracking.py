@@ -1,24 +1,35 @@
-"""MLflow tracking adapter: a trainer :class:`Hook` that logs params, per-epoch metrics, per-subset results
-and artifacts. Only this module (and other ``launch/`` code) imports mlflow.
+"""MLflow tracking: :class:`MlflowRun`, one MLflow run with a durable buffer, and :class:`MlflowTracking`,
+the trainer hook that owns the run of a training (params, per-epoch metrics, per-subset results, artifacts,
+its final status). Only ``launch/`` (and the layers above it) import mlflow.
 
 Tracking never kills a run: if the store becomes unreachable mid-run (a tracking server restarting, a
 network blip), every record is appended to ``run.dir/tracking_buffer.jsonl`` and replayed, in order,
-as soon as a later call gets through — or by ``dynconv sync RUN_DIR``.
+as soon as a later call gets through — or by ``dynconv sync RUN_DIR``. Records are always sent
+synchronously (also with ``MLFLOW_ENABLE_ASYNC_LOGGING=true``), so a store that is down is noticed and the
+buffer takes the record.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
 
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
-from dynconv.train import Hook
+from dynconv.metric_names import logged_evaluation, logged_name
+from dynconv.run_files import CHECKPOINTS, MLFLOW_RUN, TRACKING_BUFFER, recorded_mlflow_run
+from dynconv.train import FitResult, Hook, StoppedEarly, TrainingPreempted
 
-RUN_FILE = "mlflow_run.json"  # in run.dir: lets a resumed run keep logging to the same MLflow run
-BUFFER_FILE = "tracking_buffer.jsonl"  # in run.dir: records not yet delivered to the store
+from .mlflow_store import existing_store, mlflow_client, store_errors
+
+log = logging.getLogger("dynconv")
 
 
 def default_tracking_uri(run_dir: str | Path) -> str:
@@ -26,84 +37,102 @@ def default_tracking_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve().parent / 'mlruns.db'}"
 
 
-def mlflow_client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith(("http://", "https://")):
-        # fail fast when a server is down (MLflow's defaults retry for minutes); records are buffered instead
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    if "://" not in uri and not uri.startswith("file:"):
-        raise DynconvError(f"tracking.uri {uri!r} is not a URI: use sqlite:///path/mlruns.db, file:///dir or http://host:port")
-    return MlflowClient(tracking_uri=uri)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's model-training view
 
 
 def _experiment_id(client, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:  # made before dynconv set the kind
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     artifacts = None
     if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the working directory
         artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifacts)
+    return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+
+
+def run_page(server: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, in its model-training view (MLflow 3 opens the GenAI view by default,
+    whatever the experiment's kind)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def context_tags() -> dict[str, str]:
+    """MLflow's standard run context (user, source, git commit: what its fluent API would record), the git
+    checkout's dirty flag and the command line."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: str(v) for k, v in resolve_tags().items()}
+    tags["dynconv.command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000]
+    if "mlflow.source.git.commit" in tags:
+        try:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10, cwd=Path.cwd()).stdout.strip()
+            tags["dynconv.git.dirty"] = str(bool(dirty)).lower()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return tags
+
+
+def dataset_input(path: str | Path, context: str, channels: str, classes: list[str] | None, samples: int):
+    """An MLflow dataset input for a data set (an image folder or a .beton): its path, a digest of what it
+    holds (names, sizes and times of its files; the .beton's sidecar), and its channels and classes."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    path = Path(path).resolve()
+    files = [path] + ([path.with_name(path.name + ".json")] if path.is_file() else sorted(path.rglob("*"))[:100_000])
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    schema = json.dumps({"channels": list(channels), "classes": classes})
+    return DatasetInput(Dataset(name=path.name, digest=h.hexdigest()[:16], source_type="local", source=str(path),
+                                schema=schema, profile=json.dumps({"samples": samples})),
+                        tags=[InputTag("mlflow.data.context", context)])
 
 
 def ensure_experiment(uri: str, name: str) -> str:
     """Create the store and the experiment if needed (before jobs that log to it start); its id."""
-    try:
+    with store_errors(uri):
         return _experiment_id(mlflow_client(uri), name, uri)
-    except DynconvError:
-        raise
-    except Exception as e:  # MLflow raises many types for a bad URI or an unreachable store
-        raise DynconvError(f"cannot open MLflow store {uri!r}: {str(e).splitlines()[0][:160]}") from None
 
 
-class MlflowTracker(Hook):
-    """Owns one MLflow run. ``resume=True`` continues the run recorded in ``run_dir`` if there is one."""
+class MlflowRun:
+    """One MLflow run. ``resume=True`` continues the run recorded in ``run_dir`` if there is one."""
 
     def __init__(self, uri: str, experiment: str, run_dir: Path, run_name: str | None = None,
                  params: dict | None = None, tags: dict | None = None, resume: bool = False):
-        from mlflow.entities import Param
-
         self.uri, self.run_dir = uri, Path(run_dir)
-        try:
+        with store_errors(uri):
+            from mlflow.entities import Param
+
             self.client = mlflow_client(uri)
-            previous = self._recorded_run() if resume else None
-            if previous:
-                self.run_id = previous
+            recorded = recorded_mlflow_run(self.run_dir) if resume else None
+            if recorded and recorded.get("tracking_uri") == uri:
+                self.run_id = recorded["run_id"]
                 self.client.update_run(self.run_id, status="RUNNING")
             else:
                 exp_id = _experiment_id(self.client, experiment, uri)
-                run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+                run = self.client.create_run(exp_id, run_name=run_name, tags={**context_tags(), **dict(tags or {})})
                 self.run_id = run.info.run_id
                 if params:
                     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
                     for i in range(0, len(items), 100):
-                        self.client.log_batch(self.run_id, params=items[i:i + 100])
-        except DynconvError:
-            raise
-        except Exception as e:  # MLflow raises many types for a bad URI or an unreachable store
-            raise DynconvError(f"cannot open MLflow store {uri!r}: {str(e).splitlines()[0][:160]}") from None
-        atomic_write_text(self.run_dir / RUN_FILE, json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
+                        self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+        atomic_write_text(self.run_dir / MLFLOW_RUN, json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
 
     @classmethod
-    def attach(cls, uri: str, run_id: str) -> "MlflowTracker":
-        """A tracker for an existing run (to add artifacts or metrics), without touching any run folder."""
+    def attach(cls, uri: str, run_id: str) -> "MlflowRun":
+        """An existing run (to add artifacts or metrics), without touching any run folder."""
         self = cls.__new__(cls)
-        self.uri, self.run_dir, self.client, self.run_id = uri, None, mlflow_client(uri), run_id
+        self.uri, self.run_dir, self.client, self.run_id = uri, None, mlflow_client(existing_store(uri)), run_id
         try:
             self.client.get_run(run_id)
         except Exception:
             raise DynconvError(f"no MLflow run {run_id!r} at {uri}: pass a run id from 'dynconv compare --format csv'") from None
         return self
-
-    def _recorded_run(self) -> str | None:
-        f = self.run_dir / RUN_FILE
-        if not f.exists():
-            return None
-        info = json.loads(f.read_text())
-        return info["run_id"] if info.get("tracking_uri") == self.uri else None
 
     # ---- delivery with buffering ----------------------------------------------------------------------
     def _send(self, record: dict) -> None:
@@ -112,7 +141,12 @@ class MlflowTracker(Hook):
             from mlflow.entities import Metric
 
             items = [Metric(k, float(v), record["timestamp"], record["step"]) for k, v in record["metrics"].items()]
-            self.client.log_batch(self.run_id, metrics=items)
+            self.client.log_batch(self.run_id, metrics=items, synchronous=True)
+        elif op == "tags":
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()],
+                                  synchronous=True)
         elif op == "artifact":
             self.client.log_artifact(self.run_id, record["path"], record.get("folder"))
         elif op == "terminate":
@@ -122,7 +156,7 @@ class MlflowTracker(Hook):
 
     @property
     def _buffer(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / BUFFER_FILE
+        return None if self.run_dir is None else self.run_dir / TRACKING_BUFFER
 
     def pending(self) -> list[dict]:
         """Buffered records, oldest first (a torn last line from a crash is ignored)."""
@@ -174,22 +208,15 @@ class MlflowTracker(Hook):
         self._record({"op": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}, "step": step,
                       "timestamp": int(time.time() * 1000)})
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._record({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._record({"op": "artifact", "path": str(Path(path).resolve()), "folder": folder})
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.log_metrics(metrics, step=epoch)
-
-    def on_fit_end(self, final_checkpoint: Path) -> None:
-        self.log_artifact(final_checkpoint, "checkpoints")
-
-    def log_evaluation(self, results: dict[str, dict[str, float]], summary: dict[str, float],
-                       files: list[Path]) -> None:
-        """Per-subset metrics as ``acc_RGB``, ``f1_RG``, ``macs_B``, ... plus the report files."""
-        names = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1",
-                 "f1_macro": "f1_macro", "macs": "macs"}
-        flat = {f"{names[k]}_{subset}": v for subset, row in results.items() for k, v in row.items()}
-        self.log_metrics({**flat, **summary})
+    def log_evaluation(self, report: dict, files: list[Path]) -> None:
+        """Per-subset metrics as ``subset/RGB/acc``, ``subset/RG/f1``, ``subset/B/macs``, ... plus the report files."""
+        self.log_metrics(logged_evaluation(report["subsets"], report["summary"]))
         for f in files:
             self.log_artifact(f)
 
@@ -201,15 +228,77 @@ class MlflowTracker(Hook):
                           "once the store is reachable", stacklevel=2)
 
 
+def exit_status(exc: BaseException) -> str:
+    """The MLflow status of a run that ends with ``exc``."""
+    if isinstance(exc, TrainingPreempted):
+        return "SCHEDULED"      # requeued: the resumed job continues the same run
+    if isinstance(exc, StoppedEarly):
+        return "FINISHED"       # a scheduler's decision, not a failure
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
+class MlflowTracking(Hook):
+    """The trainer hook owning a training's MLflow run: created (or, on resume, reopened) when training
+    starts; per-epoch metrics; the final checkpoint, evaluation and report files at the end; the final status
+    (``SCHEDULED`` when pre-empted, ``FINISHED`` when a scheduler stopped it early, else ``FAILED``/``KILLED``)."""
+
+    def __init__(self, uri: str, experiment: str, run_dir: Path, run_name: str | None, params: dict, tags: dict,
+                 resume: bool, inputs: list | None = None, manifest: dict | None = None, log_model: bool = False):
+        self.uri, self.args, self.inputs = uri, (experiment, run_dir, run_name, params, tags, resume), inputs or []
+        self.manifest, self.log_model = manifest, log_model and manifest is not None
+        self.run: MlflowRun | None = None
+        self.finished = False
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run else None
+
+    def on_fit_start(self, info: dict) -> None:
+        experiment, run_dir, run_name, params, tags, resume = self.args
+        self.run = MlflowRun(self.uri, experiment, run_dir, run_name, params=params, tags=tags, resume=resume)
+        log.info(f"MLflow run {self.run.run_id} ({self.uri})")
+        if self.uri.startswith(("http://", "https://")):
+            exp = self.run.client.get_run(self.run.run_id).info.experiment_id
+            log.info(f"  in the MLflow UI: {run_page(self.uri, exp, self.run.run_id)}")
+        if self.inputs and not resume:
+            try:
+                self.run.client.log_inputs(self.run.run_id, datasets=[dataset_input(*i) for i in self.inputs])
+            except Exception as e:  # noqa: BLE001 - tracking never stops a run
+                warnings.warn(f"could not log the data sets to MLflow: {str(e).splitlines()[0][:120]}", stacklevel=2)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        self.run.log_metrics({logged_name(k): v for k, v in metrics.items()}, step=epoch)
+
+    def on_fit_end(self, result: FitResult) -> None:
+        self.run.log_artifact(result.final_checkpoint, CHECKPOINTS)
+        if self.log_model:
+            from .mlflow_model import MODEL_ARTIFACT, save_pyfunc
+
+            folder = Path(self.args[1]) / MODEL_ARTIFACT  # a folder in run.dir, kept for replays from the buffer
+            if folder.exists():
+                shutil.rmtree(folder)
+            self.run.log_artifact(save_pyfunc(result.final_checkpoint, self.manifest, folder), None)
+        if result.report is not None:
+            self.run.log_evaluation(result.report, result.files)
+        self.run.finish("FINISHED")
+        self.finished = True
+
+    def on_exception(self, exc: BaseException) -> None:
+        if self.run is None or self.finished:  # e.g. Tune ending the thread at the final report
+            return
+        if isinstance(exc, StoppedEarly):
+            self.run.set_tags({"dynconv.stopped_early": "true", "dynconv.stopped_early.reason": exc.reason})
+        self.run.finish(exit_status(exc))
+
+
 def sync_run_dir(run_dir: str | Path) -> tuple[str, int, int]:
     """Replay ``run_dir``'s buffered tracking records; returns (run id, delivered, remaining)."""
     run_dir = Path(run_dir)
-    info_file = run_dir / RUN_FILE
-    if not info_file.exists():
-        raise DynconvError(f"{run_dir} has no {RUN_FILE}: pass a run.dir of a run that logged to MLflow")
-    info = json.loads(info_file.read_text())
-    tracker = MlflowTracker.attach(info["tracking_uri"], info["run_id"])
-    tracker.run_dir = run_dir
-    total = len(tracker.pending())
-    left = tracker.flush()
+    info = recorded_mlflow_run(run_dir)
+    if info is None:
+        raise DynconvError(f"{run_dir} has no readable {MLFLOW_RUN}: pass a run.dir of a run that logged to MLflow")
+    run = MlflowRun.attach(info["tracking_uri"], info["run_id"])
+    run.run_dir = run_dir
+    total = len(run.pending())
+    left = run.flush()
     return info["run_id"], total - left, left

@@ -1,6 +1,8 @@
-"""`dynconv train`: config -> data, model, optimiser -> fit -> per-subset evaluation -> MLflow."""
+"""`dynconv train`: config -> data, model, optimiser -> fit (with its hooks: calibration, final evaluation,
+MLflow) -> a summary."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 from contextlib import ExitStack
@@ -10,27 +12,31 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from dynconv.channel_select import is_channel_adaptive
-from dynconv.calibration import calibrate_from_source
-from dynconv.channels import all_subsets, parse_subsets, validate_channels
-from dynconv.data import AugmentParams, BatchTransform, build_source, default_stats
+from dynconv.batching import check_global_batch
+from dynconv.calibration import Calibrate
+from dynconv.channels import all_subsets, parse_subsets
+from dynconv.data import AugmentParams, BatchTransform, DataSource, build_source, default_stats
+from dynconv.data.loaders import training_set_stats
 from dynconv.dropout import ChannelDropout
 from dynconv.errors import DynconvError
-from dynconv.fileio import atomic_write_text
-from dynconv.models import create_model
-from dynconv.evaluate import subset_accuracies
-from dynconv.train import FitSpec, Hook, build_optimizer, build_scheduler, fit, latest_checkpoint, load_checkpoint
-from dynconv.train.checkpoint import make_manifest, read_deepspeed_sidecar
-from dynconv.train.loop import TrainingPreempted
-from dynconv.train.distributed import barrier, init_distributed
+from dynconv.fileio import atomic_write_text, read_json
+from dynconv.models import create_model, model_options
+from dynconv.run_files import CONFIG, EVAL_JSON, EVAL_MD, EVAL_PNG, MODEL, recorded_mlflow_run
+from dynconv.train import FitResult, FitSpec, Hook, build_optimizer, build_scheduler, fit, latest_checkpoint
+from dynconv.train.checkpoint import (checkpoint_manifest, load_checkpoint, make_manifest, model_from_checkpoint,
+                                      read_deepspeed_sidecar)
+from dynconv.train.ema import WeightEMA
+from dynconv.train.distributed import barrier, init_distributed, same_error_everywhere
 from dynconv.train.resize import resolution_at
 from dynconv.train.runlock import RunLock
-from dynconv.train.strategy import DeepSpeedOptions, build_strategy
+from dynconv.train.strategies import DeepSpeedOptions, build_strategy
 
 from .config import Config, dump_yaml, flatten
 from .evaluation import check_classes, evaluate_model, resolve_device
+from .plots import subset_figure
 from .report import write_reports
-from .tracking import MlflowTracker, default_tracking_uri
+
+log = logging.getLogger("dynconv")
 
 
 def seed_everything(seed: int) -> None:
@@ -40,11 +46,21 @@ def seed_everything(seed: int) -> None:
 
 
 def _stats(cfg: Config) -> tuple[list[float], list[float]]:
-    mean, std = default_stats(cfg.data.channels)
-    mean, std = cfg.data.mean or mean, cfg.data.std or std
-    if len(mean) != len(cfg.data.channels) or len(std) != len(cfg.data.channels):
-        raise DynconvError(f"data.mean and data.std need one value per channel of {cfg.data.channels!r}")
-    return list(mean), list(std)
+    """Per-channel (mean, std): as configured, the training set's with ``auto``, else the defaults."""
+    d = cfg.data
+    measured = _training_set_stats(cfg) if "auto" in (d.mean, d.std) else (None, None)
+    return tuple([float(v) for v in (auto if given == "auto" else default if given is None else given)]
+                 for given, default, auto in zip((d.mean, d.std), default_stats(d.channels), measured))
+
+
+def _training_set_stats(cfg: Config) -> tuple[list[float], list[float]]:
+    mean, std, source = training_set_stats(cfg.data.train, cfg.data.image_size)
+    if len(mean) != len(cfg.data.channels):
+        raise DynconvError(f"{cfg.data.train} has {len(mean)} channels, data.channels={cfg.data.channels!r} names "
+                           f"{len(cfg.data.channels)}: set data.channels to match")
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info(f"data.mean/std=auto: mean {mean}, std {std} ({source})")
+    return mean, std
 
 
 def _resume_checkpoint(cfg: Config, run_dir: Path) -> tuple[Path, dict | None] | None:
@@ -59,10 +75,24 @@ def _resume_checkpoint(cfg: Config, run_dir: Path) -> tuple[Path, dict | None] |
     if path is None:
         return None
     ckpt = None if path.is_dir() else load_checkpoint(path)
-    manifest = read_deepspeed_sidecar(path)["dynconv"] if ckpt is None else ckpt["dynconv"]
+    manifest = checkpoint_manifest(path) if ckpt is None else ckpt["dynconv"]
     if manifest["model"] != cfg.model.name:
         raise DynconvError(f"cannot resume: {path} holds a {manifest['model']} model, config asks for {cfg.model.name}")
     return path, ckpt
+
+
+def _finished(found: tuple[Path, dict | None] | None, run_dir: Path, epochs: int) -> dict | None:
+    """The summary of a run whose newest checkpoint is its last epoch and whose final files are written."""
+    if found is None or not (run_dir / MODEL).exists() or not (run_dir / EVAL_JSON).exists():
+        return None
+    path, ckpt = found
+    epoch = int(ckpt["epoch"]) if ckpt is not None else int(read_deepspeed_sidecar(path)["epoch"])
+    if epoch < epochs or ckpt is not None and ckpt.get("step") is not None:
+        return None
+    recorded = recorded_mlflow_run(run_dir) or {}
+    return {"run_dir": str(run_dir), "checkpoint": str(run_dir / MODEL),
+            "report": read_json(run_dir / EVAL_JSON, "report"), "run_id": recorded.get("run_id"),
+            "tracking_uri": recorded.get("tracking_uri"), "finished_before": True}
 
 
 def _strategy_name(cfg: Config, world: int) -> str:
@@ -77,164 +107,198 @@ def _strategy_name(cfg: Config, world: int) -> str:
 
 
 def _deepspeed_options(cfg: Config, strategy: str) -> DeepSpeedOptions | None:
-    ds = cfg.deepspeed
-    if strategy != "deepspeed":
-        given = sorted(k for k, v in ds.model_dump().items() if v is not None)  # None: unset (also in a dumped config)
-        if given:
-            raise DynconvError(f"deepspeed.{given[0]} is set but train.strategy={cfg.train.strategy}: "
-                               "set train.strategy=deepspeed, or drop the deepspeed section")
-        return None
-    return DeepSpeedOptions(ds.zero_stage, ds.offload_optimizer, ds.offload_param, ds.config)
+    """The ``deepspeed:`` section as the strategy's options (the schema refuses it for other strategies)."""
+    return DeepSpeedOptions(**cfg.deepspeed.model_dump()) if strategy == "deepspeed" else None
 
 
 def _resolution_schedule(cfg: Config) -> Callable[[int], int] | None:
-    """Progressive resizing from ``train.res_*``: epoch -> training resolution, or None when off."""
+    """Progressive resizing from ``train.res_*`` (checked by the schema): epoch -> training resolution."""
     t = cfg.train
     if t.res_start is None:
-        if t.res_end is not None or t.res_ramp_epochs is not None:
-            raise DynconvError("train.res_end / train.res_ramp_epochs need train.res_start (the first epoch's resolution)")
         return None
     end = t.res_end or cfg.data.image_size
-    if max(t.res_start, end) > cfg.data.image_size:
-        raise DynconvError(f"train.res_start/res_end ({t.res_start}, {end}) must not exceed data.image_size="
-                           f"{cfg.data.image_size}: batches are loaded at data.image_size and resized on the device")
     ramp = t.res_ramp_epochs if t.res_ramp_epochs is not None else max(1, t.epochs - 1)
     return lambda epoch: resolution_at(epoch, t.res_start, end, ramp)
 
 
-def _quiet(_message: str) -> None:
-    """Log sink of the non-main data-parallel processes."""
+def load_teacher(path: str, manifest: dict, device: torch.device) -> torch.nn.Module:
+    """The distillation teacher: a trained checkpoint on the same channels, classes and normalisation."""
+    ckpt = load_checkpoint(path)
+    other = ckpt["dynconv"]
+    for key in ("channels", "classes", "mean", "std"):
+        if other.get(key) != manifest.get(key):
+            raise DynconvError(f"train.teacher {path} was trained with {key}={other.get(key)!r}, this run uses "
+                               f"{manifest.get(key)!r}: distil from a model of the same data")
+    teacher = model_from_checkpoint(ckpt, path).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
-def run_training(cfg: Config, log=print, tags: dict | None = None, hooks: Sequence[Hook] = (),
-                 stop_requested: Callable[[], bool] | None = None) -> dict:
+class FinalEvaluation(Hook):
+    """At the end of training: every configured subset of the validation set (accuracy, precision, recall,
+    F1, MACs), written to ``run.dir/eval.{json,md}`` and put into the fit result for the hooks after it."""
+
+    def __init__(self, manifest: dict, source: DataSource, subsets: str, device: torch.device, config_file: Path):
+        self.manifest, self.source, self.subsets, self.device = manifest, source, subsets, device
+        self.config_file = config_file
+
+    def on_fit_end(self, result: FitResult) -> None:
+        report = evaluate_model(result.module, self.manifest, self.source, self.subsets, self.device)
+        report["checkpoint"] = str(result.final_checkpoint)
+        run_dir = result.final_checkpoint.parent
+        result.report = report
+        rows = report["subsets"]
+        figure = subset_figure([{"label": self.manifest["model"], "macs": {s: r["macs"] for s, r in rows.items()},
+                                 "accuracy": {s: r["accuracy"] for s, r in rows.items()}}],
+                               run_dir / EVAL_PNG, title=f"{run_dir.name}: accuracy per channel subset")["path"]
+        result.files += write_reports(report, run_dir / EVAL_JSON, run_dir / EVAL_MD) + [figure, self.config_file]
+
+
+def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = ()) -> dict:
     """Train, evaluate every configured subset, log everything; returns a summary dict.
 
-    ``hooks`` get the trainer's events on the main process (after MLflow's); ``stop_requested`` is polled
-    before every step: when it turns true, training writes a mid-epoch checkpoint and raises
+    ``hooks`` get the trainer's events after dynconv's own (calibration, final evaluation, MLflow). A hook's
+    ``should_stop`` (e.g. Slurm's pre-emption signal) makes training write a mid-epoch checkpoint and raise
     :class:`TrainingPreempted` (the MLflow run is marked SCHEDULED; ``train.resume=auto`` continues it)."""
     for key in ("train", "val"):
         if getattr(cfg.data, key) is None:
             raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
-    channels = validate_channels(cfg.data.channels)
-    eval_subsets = parse_subsets(cfg.eval.subsets, channels)  # bad letters fail before any work starts
+    channels = cfg.data.channels
+    eval_subsets = parse_subsets(cfg.eval.subsets, channels)
     dropout = ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed, p=cfg.dropout.p,
                              weights=cfg.dropout.weights, curriculum=cfg.dropout.curriculum,
                              ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
     mean, std = _stats(cfg)
-    resolution = _resolution_schedule(cfg)
     device = resolve_device(cfg.train.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     strategy_name = _strategy_name(cfg, world)
-    ds_options = _deepspeed_options(cfg, strategy_name)
-    if cfg.train.batch_size % (world * cfg.train.grad_accum_steps):
-        raise DynconvError(f"train.batch_size={cfg.train.batch_size} must be divisible by processes x "
-                           f"train.grad_accum_steps = {world} x {cfg.train.grad_accum_steps}")
+    check_global_batch(cfg.train.batch_size, world, cfg.train.grad_accum_steps)
     dist_info = init_distributed(device.type == "cuda", always=strategy_name == "deepspeed")
     if device.type == "cuda" and strategy_name != "single":
         device = torch.device("cuda", dist_info.local_rank)
-    if not dist_info.is_main:
-        log = _quiet
-    strategy = build_strategy(strategy_name, device, dist_info, precision=cfg.train.precision,
-                              grad_accum_steps=cfg.train.grad_accum_steps, grad_clip=cfg.train.grad_clip,
-                              global_batch=cfg.train.batch_size, deepspeed=ds_options)
-    seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights and subsets
-
+    run_dir = Path(cfg.run.dir)
     d = cfg.data
     augment = AugmentParams(**d.augment.model_dump(exclude={"enabled", "where"})) if d.augment.enabled else None
-    on_loader = d.augment.where == "loader"
-    train_src = build_source(d.train, image_size=d.image_size, batch_size=cfg.train.batch_size // cfg.train.grad_accum_steps,
-                             num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
-                             strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last,
-                             rank=dist_info.rank, world=dist_info.world, augment=augment if on_loader else None)
-    val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
-                           num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict)
-    for src, key in ((train_src, "data.train"), (val_src, "data.val")):
-        if src.num_channels != len(channels):
-            raise DynconvError(f"{key} has {src.num_channels}-channel images but data.channels={channels!r} names "
-                               f"{len(channels)}: set data.channels to {src.num_channels} letters (e.g. 'RGBUV')")
-    check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
-    check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
+    on_loader = d.augment.where == "loader" or (d.augment.where == "auto" and device.type == "cpu")
 
-    model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude={"name", "calibration_batches"}).items()
-                    if v is not None}
-    model_kwargs["in_chans"] = len(channels)
-    model = create_model(cfg.model.name, **model_kwargs).to(device)
-    if cfg.dropout.kind != "none" and not is_channel_adaptive(model):
-        raise DynconvError(f"dropout.kind={cfg.dropout.kind} needs a channel-adaptive model (dynamic_*); "
-                           f"use dropout.kind=none with {cfg.model.name}")
-    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
-    scheduler = build_scheduler(optimizer, cfg.train.scheduler, cfg.train.epochs, cfg.train.warmup_epochs,
-                                cfg.train.step_size, cfg.train.gamma, len(train_src) // cfg.train.grad_accum_steps,
-                                cfg.train.pct_start)
-
-    run_dir = Path(cfg.run.dir)
-    found = _resume_checkpoint(cfg, run_dir)
-    barrier()  # every process has checked run.dir before the main one writes to it
-    strategy.setup(model, optimizer, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
-    if strategy_name != "single" or cfg.train.grad_accum_steps > 1:
-        log(f"{strategy.describe()}, {cfg.train.batch_size // dist_info.world // cfg.train.grad_accum_steps} images "
-            f"per process per micro-step, {cfg.train.grad_accum_steps} micro-step(s) per optimiser step")
-    start_epoch, resume = 0, None
-    if found is not None:
-        state = strategy.load(*found)
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-        resume = {k: state[k] for k in ("step", "partial", "bad_steps") if state.get(k) is not None}
-        where = f"epoch {start_epoch + 1} step {resume['step']}" if "step" in resume else f"epoch {start_epoch + 1}"
-        log(f"resuming at {where} from {found[0]}")
+    strategy = build_strategy(strategy_name, device, dist_info, precision=cfg.train.precision,
+                              grad_accum_steps=cfg.train.grad_accum_steps, grad_clip=cfg.train.grad_clip,
+                              global_batch=cfg.train.batch_size, options=_deepspeed_options(cfg, strategy_name))
+    seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights and subsets
     with ExitStack() as stack:
-        if dist_info.is_main:  # one process per run folder; released on any exit
-            stack.enter_context(RunLock(run_dir))
-        config_file = None
-        if dist_info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config_file = atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        with same_error_everywhere():  # checks some processes make alone: all end with the same one line
+            train_src = build_source(d.train, image_size=d.image_size,
+                                     batch_size=cfg.train.batch_size // cfg.train.grad_accum_steps,
+                                     num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
+                                     strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last,
+                                     rank=dist_info.rank, world=dist_info.world, augment=augment if on_loader else None,
+                                     decoder=d.decoder)
+            val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
+                                   num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict)
+            for src, key in ((train_src, "data.train"), (val_src, "data.val")):
+                if src.num_channels != len(channels):
+                    raise DynconvError(f"{key} has {src.num_channels}-channel images but data.channels={channels!r} "
+                                       f"names {len(channels)}: set data.channels to {src.num_channels} letters "
+                                       "(e.g. 'RGBUV')")
+            check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
+            check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
+            not_kwargs = {"name", "calibrate", "calibration_batches"}
+            model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude=not_kwargs).items() if v is not None}
+            model_kwargs["in_chans"] = len(channels)
+            accepted = model_options(cfg.model.name)
+            ignored = {k: v for k, v in model_kwargs.items() if k not in accepted}
+            if ignored and dist_info.is_main:  # e.g. model.name=resnet18 over a config written for dynamic_*
+                log.info("note: " + ", ".join(f"model.{k}={v}" for k, v in ignored.items())
+                         + f" do(es) not apply to {cfg.model.name} and are ignored")
+            model_kwargs = {k: v for k, v in model_kwargs.items() if k in accepted}
+            model = create_model(cfg.model.name, **model_kwargs).to(device)
+            found = _resume_checkpoint(cfg, run_dir)
+            done = _finished(found, run_dir, cfg.train.epochs)
+            if done is not None:
+                if not dist_info.is_main:
+                    return {**done, "report": None, "rank": dist_info.rank}
+                log.info(f"run.dir {run_dir} has finished all {cfg.train.epochs} epochs already (model.pt and "
+                         "eval.json are there): nothing to resume; raise train.epochs to train it further")
+                return done
+            config_file = run_dir / CONFIG
+            if dist_info.is_main:  # one process per run folder; released on any exit
+                stack.enter_context(RunLock(run_dir))
+                atomic_write_text(config_file, dump_yaml(cfg))
+        barrier()  # every process has checked run.dir before the main one writes to it
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
+                                    cfg.train.momentum)
+        t = cfg.train
+        cycle = t.cycle_momentum and t.momentum > 0
+        scheduler = build_scheduler(optimizer, t.scheduler, t.epochs, t.warmup_epochs, t.step_size, t.gamma,
+                                    len(train_src) // t.grad_accum_steps, t.pct_start,
+                                    momentum=(t.base_momentum, t.momentum) if cycle else None)
+        strategy.setup(model, optimizer, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
+        if t.ema_decay and getattr(strategy, "stage", 0) == 3:
+            raise DynconvError("train.ema_decay needs the full weights on every process: use deepspeed.zero_stage 0-2")
+        ema = WeightEMA(strategy.module, t.ema_decay) if t.ema_decay else None
+        if dist_info.is_main and augment is not None and d.augment.where == "auto":
+            log.info(f"augmenting {'in the data loader' if on_loader else 'on the device'} (data.augment.where=auto on "
+                     f"{'the CPU' if device.type == 'cpu' else device.type})")
+        if dist_info.is_main and (strategy_name != "single" or cfg.train.grad_accum_steps > 1):
+            per = check_global_batch(cfg.train.batch_size, dist_info.world, cfg.train.grad_accum_steps)
+            log.info(f"{strategy.describe()}, {per} images per process per micro-step, {cfg.train.grad_accum_steps} "
+                     "micro-step(s) per optimiser step")
+        start_epoch, resume = 0, None
+        if found is not None:
+            state = strategy.load(*found)
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch = int(state["epoch"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            resume = {k: state[k] for k in ("step", "partial", "bad_steps") if state.get(k) is not None}
+            where = f"epoch {start_epoch + 1} step {resume['step']}" if "step" in resume else f"epoch {start_epoch + 1}"
+            if dist_info.is_main:
+                log.info(f"resuming at {where} from {found[0]}")
 
-        tracker = None
-        if cfg.tracking.enabled and dist_info.is_main:
-            uri = cfg.tracking.uri or default_tracking_uri(run_dir)
-            tracker = MlflowTracker(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
-                                    params=flatten(cfg), tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
-                                    resume=found is not None)
-            log(f"MLflow run {tracker.run_id} ({uri})")
-
+        # per-subset accuracy every epoch when it is cheap: scoring the subsets costs at most one epoch's images
+        every_epoch = cfg.eval.every_epoch if isinstance(cfg.eval.every_epoch, bool) else \
+            val_src.num_samples * len(eval_subsets) <= train_src.num_samples
         manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
+        eval_transform = BatchTransform(mean, std, device)
+        own: list[Hook] = []
+        if cfg.model.norm in ("recalibrate", "switchable") and cfg.model.calibrate:
+            full = tuple(range(len(channels)))
+            per_epoch = list(dict.fromkeys([full, *(eval_subsets if every_epoch else [])]))
+            own.append(Calibrate(train_src, eval_transform, all_subsets(len(channels)), per_epoch,
+                                 cfg.eval.calibration_batches, cfg.model.calibration_batches, cfg.train.epochs,
+                                 dist_info.world, dist_info.is_main))
+        tracker = None
+        if dist_info.is_main:
+            own.append(FinalEvaluation(manifest, val_src, cfg.eval.subsets, device, config_file))
+            if cfg.tracking.enabled:
+                from .tracking import MlflowTracking, default_tracking_uri
+
+                params = {k: v for k, v in flatten(cfg).items() if v not in (None, {})}  # the set ones
+                params["run.name"] = cfg.run.name or run_dir.name
+                inputs = [(d.train, "training", channels, train_src.classes, train_src.num_samples),
+                          (d.val, "validation", channels, val_src.classes, val_src.num_samples)]
+                tracker = MlflowTracking(cfg.tracking.uri or default_tracking_uri(run_dir), cfg.tracking.experiment,
+                                         run_dir, cfg.run.name or run_dir.name, params=params,
+                                         tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
+                                         resume=found is not None, inputs=inputs, manifest=manifest,
+                                         log_model=cfg.tracking.log_model)
+                own.append(tracker)
         spec = FitSpec(
             epochs=cfg.train.epochs, device=device,
             train_transform=BatchTransform(mean, std, device, None if on_loader else augment, seed=cfg.train.seed),
-            eval_transform=BatchTransform(mean, std, device),
-            dropout=dropout,
-            run_dir=run_dir, manifest=manifest, label_smoothing=cfg.train.label_smoothing,
-            keep_checkpoints=cfg.train.keep_checkpoints, max_bad_steps=cfg.train.max_bad_steps,
-            hooks=([tracker] if tracker else []) + list(hooks), log=log, stop_requested=stop_requested,
-            epoch_eval=(lambda m: subset_accuracies(m, val_src.epoch(0), spec.eval_transform, eval_subsets, channels,
-                                                    device)) if cfg.eval.every_epoch else None,
-            channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps, resolution=resolution)
-
-        def recalibrate(m) -> None:
-            n = calibrate_from_source(m, train_src, spec.eval_transform, all_subsets(len(channels)),
-                                      cfg.model.calibration_batches)
-            log(f"re-estimated BatchNorm statistics for {2 ** len(channels) - 1} subsets from {n * dist_info.world} "
-                "training images each")
-
-        try:
-            final = fit(strategy, train_src, val_src, scheduler, spec, start_epoch=start_epoch,
-                        before_final=recalibrate if cfg.model.norm == "recalibrate" else None, resume=resume)
-            trained = strategy.eval_module()  # every process (ZeRO-3 gathers the weights)
-            if not dist_info.is_main:
-                return {"run_dir": str(run_dir), "checkpoint": str(final), "report": None, "run_id": None,
-                        "tracking_uri": None, "rank": dist_info.rank}
-            report = evaluate_model(trained, manifest, val_src, cfg.eval.subsets, device)
-            report["checkpoint"] = str(final)
-            files = write_reports(report, run_dir / "eval.json", run_dir / "eval.md")
-            if tracker:
-                tracker.log_evaluation(report["subsets"], report["summary"], files + [config_file])
-                tracker.finish("FINISHED")
-        except BaseException as e:
-            if tracker:
-                tracker.finish("SCHEDULED" if isinstance(e, TrainingPreempted)
-                               else "FAILED" if isinstance(e, Exception) else "KILLED")
-            raise
-        return {"run_dir": str(run_dir), "checkpoint": str(final), "report": report,
-                "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}
+            eval_transform=eval_transform, dropout=dropout, run_dir=run_dir, manifest=manifest,
+            label_smoothing=cfg.train.label_smoothing, keep_checkpoints=cfg.train.keep_checkpoints,
+            log_every_steps=cfg.train.log_every_steps,
+            max_bad_steps=cfg.train.max_bad_steps, hooks=own + list(hooks),
+            val_subsets=eval_subsets if every_epoch else (), channels=channels,
+            channels_last=cfg.train.channels_last, every_steps=cfg.train.every_steps,
+            resolution=_resolution_schedule(cfg), ema=ema, ship_ema=ema is not None and t.ema_final,
+            teacher=load_teacher(t.teacher, manifest, device) if t.teacher else None,
+            distill_alpha=t.distill_alpha, distill_temperature=t.distill_temperature)
+        result = fit(strategy, train_src, val_src, scheduler, spec, start_epoch=start_epoch, resume=resume)
+        summary = {"run_dir": str(run_dir), "checkpoint": str(result.final_checkpoint), "report": result.report,
+                   "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}
+        if not dist_info.is_main:
+            summary["rank"] = dist_info.rank
+        return summary

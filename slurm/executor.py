@@ -88,12 +88,12 @@ def _slurm_query(argv: list[str]) -> str:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
     except FileNotFoundError:
-        raise DynconvError(f"'{argv[0]}' not found: is Slurm installed here? (slurm/local-cluster.sh up starts a "
+        raise DynconvError(f"'{argv[0]}' not found: is Slurm installed here? (slurm/cluster/local-cluster.sh up starts a "
                            "local one; --cluster local runs without Slurm)") from None
     except subprocess.CalledProcessError as e:
         first = (e.stderr or e.stdout or "").strip().splitlines()
         raise DynconvError(f"'{' '.join(argv)}' failed: {first[0] if first else e.returncode} (is slurmctld up? "
-                           "slurm/local-cluster.sh status)") from None
+                           "slurm/cluster/local-cluster.sh status)") from None
     except subprocess.TimeoutExpired:
         raise DynconvError(f"'{' '.join(argv)}' did not answer in 30 s: is slurmctld up?") from None
 

@@ -13,16 +13,26 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Callable
 
 import submitit
+
+from dynconv.errors import DynconvError
+from dynconv.train import Hook, TrainingPreempted
 
 
 def _distributed_env() -> submitit.JobEnvironment:
     """Export torch's env:// rendezvous (MASTER_ADDR = first node, a port derived from the job id, RANK,
-    WORLD_SIZE, LOCAL_RANK) for multi-task jobs, and size CPU threads to the task's CPUs."""
+    WORLD_SIZE, LOCAL_RANK) for multi-task jobs, size CPU threads to the task's CPUs, and print the
+    trainer's progress into the job's output."""
+    from dynconv.launch.console import log_to_stdout
+
+    log_to_stdout()
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # overwrite: values inherited from the submitting process (sbatch exports its environment; a job
+        # submitted from a torchrun worker or another job carries that one's MASTER_ADDR/RANK) are not this job's
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:
         import torch
@@ -38,6 +48,18 @@ def job_tags(env: submitit.JobEnvironment) -> dict[str, str]:
     return tags
 
 
+class PreemptionSignal(Hook):
+    """Slurm's USR2 (``--signal-delay`` seconds before the time limit, or on pre-emption) only sets a flag;
+    the trainer sees it before its next step (every rank at the same step) and stops with a checkpoint."""
+
+    def __init__(self, signum: int):
+        self.flag = threading.Event()
+        signal.signal(signum, lambda _signum, _frame: self.flag.set())
+
+    def should_stop(self) -> bool:
+        return self.flag.is_set()
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """``dynconv train --config CONFIG OVERRIDES`` inside a job; resubmitted as-is on pre-emption."""
 
@@ -45,18 +67,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.config, self.overrides = config, list(overrides)
 
     def __call__(self) -> dict:
-        from dynconv.train.loop import TrainingPreempted
-        from launch.config import load_config
-        from launch.training import run_training
+        from dynconv.launch.config import load_config
+        from dynconv.launch.training import run_training
 
         env = _distributed_env()
         usr_sig = submitit.JobEnvironment._usr_sig()
         submitit_handler = signal.getsignal(usr_sig)
-        stop = threading.Event()
-        signal.signal(usr_sig, lambda signum, frame: stop.set())
+        preemption = PreemptionSignal(usr_sig)
         cfg = load_config(self.config, [*self.overrides, "train.resume=auto"])
         try:
-            result = run_training(cfg, tags=job_tags(env), stop_requested=stop.is_set)
+            result = run_training(cfg, tags=job_tags(env), hooks=[preemption])
         except TrainingPreempted as e:
             print(f"dynconv: pre-empted at epoch {e.epoch} step {e.step}; checkpoint {e.checkpoint}", flush=True)
             if callable(submitit_handler):
@@ -68,18 +88,16 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 class CliJob(submitit.helpers.Checkpointable):
-    """Any other ``dynconv`` command (eval, ablate, calibrate, ...) inside a job. Requeued as-is: ``ablate``
-    reuses the cells it finished; other commands are idempotent re-runs."""
+    """Any other ``dynconv`` command (eval, ablate, calibrate, ...) inside a job: ``cli(argv)`` is the
+    command line's entry point, handed over by the caller (the job never imports the CLI). Requeued as-is:
+    ``ablate`` reuses the cells it finished; other commands are idempotent re-runs."""
 
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
+    def __init__(self, cli: Callable[[list[str]], int], argv: list[str]):
+        self.cli, self.argv = cli, list(argv)
 
     def __call__(self) -> int:
-        from dynconv.errors import DynconvError
-        from launch.cli import main
-
         _distributed_env()
-        rc = main(self.argv)
+        rc = self.cli(self.argv)
         if rc != 0:
             raise DynconvError(f"'dynconv {' '.join(self.argv)}' exited with status {rc}")
         return rc

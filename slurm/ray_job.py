@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import submitit
 
@@ -55,10 +56,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class SweepJob(submitit.helpers.Checkpointable):
-    """``run_sweep(**kwargs)`` on a Ray cluster made of this job's nodes."""
+    """``run_sweep(**kwargs)`` (the sweep's entry point, handed over by the caller) on a Ray cluster made of
+    this job's nodes."""
 
-    def __init__(self, folder: str, sweep_kwargs: dict):
-        self.folder, self.kwargs = folder, dict(sweep_kwargs)
+    def __init__(self, folder: str, run_sweep: Callable[..., dict], sweep_kwargs: dict):
+        self.folder, self.run_sweep, self.kwargs = folder, run_sweep, dict(sweep_kwargs)
 
     def __call__(self) -> dict | None:
         env = submitit.JobEnvironment()
@@ -80,9 +82,7 @@ class SweepJob(submitit.helpers.Checkpointable):
                 time.sleep(1)
         # token authentication for this job's Ray cluster (head, workers and driver share the 0600 token file)
         os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token_file.read_text().strip()})
-        from ray import tune  # only now: Ray reads RAY_AUTH_MODE when it is imported
-
-        from sweeps.runner import TUNE_DIR, run_sweep
+        import ray.util  # only now: Ray reads RAY_AUTH_MODE when it is imported
 
         port_args = [f"--{k.replace('_', '-')}={v}" for k, v in ports.items() if k != "port"]
         if env.global_rank != 0:  # a worker node: serve Ray until the driver says the sweep is over
@@ -98,32 +98,20 @@ class SweepJob(submitit.helpers.Checkpointable):
             finally:
                 _stop(proc)
             return None
-        import ray.util
-
         ip = ray.util.get_node_ip_address()  # the address Ray itself picks for this node (and its drivers)
         head = f"{ip}:{ports['port']}"
         proc = _start(["--head", f"--node-ip-address={ip}", f"--port={ports['port']}", "--include-dashboard=false",
                        *port_args, *_node_resources(env)], tmp)
         head_file.write_text(head)
         try:
-            out = Path(self.kwargs["out"])
-            resume = tune.Tuner.can_restore(str(out / TUNE_DIR))  # a requeued job continues its sweep
-            if resume:
-                print(f"dynconv: resuming the sweep in {out}", flush=True)
-            result = self._run(run_sweep, head, resume)
+            _wait_for(head)
+            # a requeued job continues its sweep from Tune's saved state
+            result = self.run_sweep(**self.kwargs, resume="auto", ray_address=head)
         finally:
             (folder / DONE).touch()
             _stop(proc)
         return {"status": result["status"], "best_config": result["best_config"], "out": result["out"],
                 "parent_run_id": result["parent_run_id"], "summary": result["summary"]}
-
-    def _run(self, run_sweep, address: str, resume: bool) -> dict:
-        kwargs = dict(self.kwargs)
-        if resume:  # the stored settings are used; only the location is needed
-            kwargs = {"out": kwargs["out"]}
-        _wait_for(address)
-        return run_sweep(**kwargs, resume=resume, ray_address=address)
-
 
 def _wait_for(address: str, timeout: float = 90) -> None:
     """Until the Ray head's GCS port accepts connections."""

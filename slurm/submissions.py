@@ -3,15 +3,15 @@ pickles and logs (``logs/``), the run folder(s) and ``submission.json``; read ba
 ``dynconv logs`` and ``dynconv cancel``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import pickle
-import subprocess
 import time
 from pathlib import Path
 
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
+from dynconv.run_files import recorded_mlflow_run
 
 RECORD = "submission.json"
 
@@ -31,13 +31,20 @@ def new_submission_dir(root: Path, name: str) -> Path:
 
 
 def write_record(folder: Path, record: dict) -> Path:
-    return atomic_write_text(folder / RECORD, json.dumps(record, indent=2))
+    return atomic_write_text(folder / RECORD, json.dumps(record, indent=2, default=_jsonable))
+
+
+def _jsonable(value):
+    """Option dataclasses (e.g. a sweep's options) as their fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot record a {type(value).__name__} in {RECORD}")
 
 
 def read_records(root: Path) -> list[dict]:
     """Every submission under ``root``, oldest first (``folder`` added to each)."""
     if not root.is_dir():
-        raise DynconvError(f"no submissions folder {root}: pass --folder (where 'dynconv submit' wrote them)")
+        return []  # nothing submitted yet
     records = []
     for f in sorted(root.glob(f"*/{RECORD}")):
         try:
@@ -58,51 +65,41 @@ def find_job(root: Path, job_id: str) -> tuple[dict, dict]:
     raise DynconvError(f"no job {job_id} in {root}: 'dynconv jobs --folder {root}' lists the submitted ones")
 
 
-def _sacct_states(job_ids: list[str]) -> dict[str, str]:
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    states = {}
-    for line in out.splitlines():
-        jid, _, state = line.partition("|")
-        states[jid.strip()] = state.split()[0] if state else "UNKNOWN"
-    return states
+def _job(rec: dict, job_id: str, task: int = 0):
+    """The submitted job through submitit's public API (state, paths, cancel)."""
+    import submitit
+
+    folder = rec["executor_folder"]
+    if rec["cluster"] == "slurm":
+        return submitit.SlurmJob(folder=folder, job_id=job_id, tasks=(task,))
+    return submitit.local.local.LocalJob(folder=folder, job_id=job_id, tasks=(task,))
 
 
-def _result_state(rec: dict, job: dict) -> str:
-    """State of a job that Slurm does not know (local/debug executors, or purged): from submitit's result file."""
-    path = Path(rec["executor_folder"]) / f"{job['job_id']}_0_result.pkl"
-    if not path.exists():
+def job_state(rec: dict, job: dict) -> str:
+    """Slurm's state (sacct, through submitit's watcher); a local or debug job's from its result file."""
+    handle = _job(rec, job["job_id"])
+    if rec["cluster"] == "slurm":
+        state = handle.state
+        if state not in ("UNKNOWN", "NO PROCESS AND NO RESULT"):
+            return state.split()[0]
+    if not handle.paths.result_pickle.exists():
         return "RUNNING?" if rec["cluster"] == "local" else "UNKNOWN"
     try:
-        outcome, _ = pickle.loads(path.read_bytes())
-    except Exception:
+        return "COMPLETED" if handle.exception() is None else "FAILED"
+    except Exception:  # noqa: BLE001 - an unreadable result file
         return "UNKNOWN"
-    return "COMPLETED" if outcome == "success" else "FAILED"
 
 
 def mlflow_run_id(run_dir: str | None) -> str | None:
-    if not run_dir:
-        return None
-    f = Path(run_dir) / "mlflow_run.json"
-    try:
-        return json.loads(f.read_text())["run_id"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        return None
+    info = recorded_mlflow_run(run_dir)
+    return info["run_id"] if info else None
 
 
 def job_rows(root: Path) -> list[dict]:
-    records = read_records(root)
-    slurm_ids = [j["job_id"] for r in records if r["cluster"] == "slurm" for j in r["jobs"]]
-    states = _sacct_states(slurm_ids)
     rows = []
-    for rec in records:
+    for rec in read_records(root):
         for job in rec["jobs"]:
-            state = states.get(job["job_id"]) or _result_state(rec, job)
+            state = job_state(rec, job)
             rows.append({"job": job["job_id"], "state": state, "cluster": rec["cluster"], "what": job["what"],
                          "mlflow_run": mlflow_run_id(job.get("run_dir")) or "-", "run_dir": job.get("run_dir") or "-",
                          "submitted": rec["submitted"]})
@@ -110,4 +107,16 @@ def job_rows(root: Path) -> list[dict]:
 
 
 def log_path(rec: dict, job: dict, task: int = 0, stderr: bool = False) -> Path:
-    return Path(rec["executor_folder"]) / f"{job['job_id']}_{task}_log.{'err' if stderr else 'out'}"
+    paths = _job(rec, job["job_id"], task).paths
+    return paths.stderr if stderr else paths.stdout
+
+
+def cancel_job(root: Path, job_id: str) -> None:
+    """``scancel`` a Slurm job of a submission under ``root``."""
+    rec, _ = find_job(root, job_id)
+    if rec["cluster"] != "slurm":
+        raise DynconvError(f"job {job_id} ran on the {rec['cluster']} executor; only Slurm jobs can be cancelled")
+    try:
+        _job(rec, job_id).cancel(check=True)
+    except Exception as e:  # submitit raises the scancel failure as a CalledProcessError
+        raise DynconvError(f"scancel {job_id} failed: {str(e).strip().splitlines()[-1][:200]}") from None

@@ -6,10 +6,10 @@ import json
 import shlex
 import time
 from pathlib import Path
-
-import yaml
+from typing import Callable, Sequence
 
 from dynconv.errors import DynconvError
+from dynconv.fileio import read_yaml
 
 from .executor import Resources, check_against_cluster, make_executor, sbatch_script
 from .submissions import new_submission_dir, write_record
@@ -17,13 +17,7 @@ from .submissions import new_submission_dir, write_record
 
 def read_array(path: str | Path) -> list[list[str]]:
     """A YAML list of override sets -> one list of ``key=value`` overrides per array element."""
-    path = Path(path)
-    if not path.is_file():
-        raise DynconvError(f"array file {path} does not exist")
-    try:
-        items = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DynconvError(f"array file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    items = read_yaml(path, "array file")
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) and i for i in items):
         raise DynconvError(f"array file {path} must be a non-empty YAML list of mappings, e.g. "
                            "'- {dropout.kind: constant, dropout.p: 0.3}'")
@@ -37,7 +31,7 @@ def _given(overrides: list[str], key: str) -> str | None:
 def _frozen_configs(config: str, overrides: list[str], array: list[list[str]] | None, folder: Path,
                     array_file: str | None):
     """Validate every element's config and return [(config text, run dir, what)]; nothing is written."""
-    from launch.config import dump_yaml, load_config
+    from dynconv.launch.config import dump_yaml, load_config
 
     base_dir = _given(overrides, "run.dir")
     elements = array if array is not None else [[]]
@@ -58,14 +52,16 @@ def _frozen_configs(config: str, overrides: list[str], array: list[list[str]] | 
 def _prepare_tracking(cfg) -> None:
     """Create the MLflow store and experiment now, so concurrent array elements only add runs to it."""
     if cfg.tracking.enabled:
-        from launch.tracking import default_tracking_uri, ensure_experiment
+        from dynconv.launch.tracking import default_tracking_uri, ensure_experiment
 
         ensure_experiment(cfg.tracking.uri or default_tracking_uri(cfg.run.dir), cfg.tracking.experiment)
 
 
 def submit(config: str | None, overrides: list[str], res: Resources, *, cluster: str, root: Path,
-           array_file: str | None = None, command: str | None = None, dry_run: bool = False) -> dict:
-    """Submit a training (``config`` + overrides, optionally an array) or any other dynconv ``command``."""
+           array_file: str | None = None, command: str | None = None, dry_run: bool = False,
+           cli: Callable[[list[str]], int] | None = None, commands: Sequence[str] = ()) -> dict:
+    """Submit a training (``config`` + overrides, optionally an array) or any other dynconv ``command``:
+    ``cli(argv)`` runs it in the job, and ``commands`` are the ones allowed there."""
     from .jobs import CliJob, TrainJob
 
     res.check()
@@ -83,9 +79,7 @@ def submit(config: str | None, overrides: list[str], res: Resources, *, cluster:
         what = None
     else:
         argv = shlex.split(command)
-        from launch.cli import command_names
-
-        if not argv or argv[0] not in set(command_names()) - {"submit", "jobs", "logs", "cancel"}:
+        if not argv or argv[0] not in commands or cli is None:
             raise DynconvError(f"--run {command!r}: start with a dynconv command such as 'eval', 'ablate', 'sweep'")
         what = " ".join(argv)
     if dry_run:
@@ -93,7 +87,7 @@ def submit(config: str | None, overrides: list[str], res: Resources, *, cluster:
 
     def calls_for(folder: Path) -> tuple[list, list[dict]]:
         if config is None:
-            return [CliJob(argv)], [{"what": what, "config": None, "run_dir": None}]
+            return [CliJob(cli, argv)], [{"what": what, "config": None, "run_dir": None}]
         frozen = _frozen_configs(config, overrides, array, folder, array_file)
         _prepare_tracking(frozen[0][1])
         calls, entries = [], []
@@ -108,9 +102,10 @@ def submit(config: str | None, overrides: list[str], res: Resources, *, cluster:
                     meta={"config": config, "overrides": overrides, "array_file": array_file})
 
 
-def submit_sweep(sweep_kwargs: dict, res: Resources, *, cluster: str, root: Path, dry_run: bool = False) -> dict:
-    """Run ``sweeps.runner.run_sweep(**sweep_kwargs)`` in one job: Ray head on the first node, workers on the
-    others (one task per node)."""
+def submit_sweep(run_sweep: Callable[..., dict], sweep_kwargs: dict, res: Resources, *, cluster: str, root: Path,
+                 dry_run: bool = False) -> dict:
+    """Run ``run_sweep(**sweep_kwargs)`` (the sweep's entry point, handed over by the caller) in one job: Ray
+    head on the first node, workers on the others (one task per node)."""
     from .ray_job import SweepJob
 
     res.check()
@@ -120,7 +115,7 @@ def submit_sweep(sweep_kwargs: dict, res: Resources, *, cluster: str, root: Path
     if dry_run:
         return {"script": sbatch_script(root / f"<timestamp>-{res.name}" / "logs", res)}
     what = f"sweep {Path(sweep_kwargs['out']).name}"
-    return dispatch(lambda folder: ([SweepJob(str(folder), sweep_kwargs)],
+    return dispatch(lambda folder: ([SweepJob(str(folder), run_sweep, sweep_kwargs)],
                                     [{"what": what, "config": sweep_kwargs.get("config"), "run_dir": None,
                                       "sweep_dir": str(sweep_kwargs["out"])}]),
                     res, cluster, root, array=False, meta={"sweep": sweep_kwargs})

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dynconv.errors import DynconvError
-from launch.config import Config, known_keys, unknown_key_message, validate_config
+from dynconv.fileio import read_yaml
+
+from ..launch.config import Config, known_keys, unknown_key_message, validate_config
 
 RANGES = ("uniform", "loguniform", "quniform", "randint")
 LISTS = ("choice", "grid")
@@ -214,13 +214,7 @@ def parse_space(raw, where: str, base: dict | None = None) -> SearchSpace:
 
 def read_space_file(path: str | Path):
     """The file's YAML content (validated by :func:`parse_space`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DynconvError(f"search space {path} does not exist: pass a YAML file such as sweeps/spaces/dropout.yaml")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DynconvError(f"search space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return read_yaml(path, "search space", "pass a YAML file such as sweeps/spaces/dropout.yaml")
 
 
 def load_space(path: str | Path, base: dict | None = None) -> SearchSpace:

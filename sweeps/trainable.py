@@ -9,43 +9,47 @@ puts that checkpoint into its run folder and lets the trainer resume exactly fro
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dynconv.fileio import atomic_write_text
-from dynconv.train import Hook, atomic_torch_save, latest_checkpoint, load_checkpoint
+from dynconv.metric_names import MEAN_SUBSET_ACC, TRAIN_LOSS, VAL, WORST_SUBSET_ACC, flat_metrics
+from dynconv.run_files import SWEEP_TRIAL, TRAIN_LOG, recorded_mlflow_run
+from dynconv.train import FitResult, Hook, StoppedEarly, atomic_torch_save, latest_checkpoint, load_checkpoint
 from dynconv.train.checkpoint import epoch_checkpoint
-from launch.config import Config
 
+from ..launch.config import Config
 from .space import apply_params, plain
 
 CKPT_FILE = "trainer.pt"               # in a Tune checkpoint folder: the trainer's epoch checkpoint
 CKPT_META = "sweep_checkpoint.json"    # ... and which trial wrote it, at which epoch
-TRIAL_FILE = "sweep_trial.json"        # in a trial's run.dir: its current values and the exploits it took
 
 
 def tune_metrics(epoch: int, metrics: dict[str, float]) -> dict[str, float]:
     """The trainer's per-epoch names -> the sweep's: ``train_loss`` -> ``loss``, ``val_acc_RG`` -> ``acc_RG``,
     ``val_{mean,worst}_subset_acc`` -> ``{mean,worst}_subset_acc`` (the same names as the final evaluation's)."""
     out = {"epoch": epoch}
+    per_subset = (VAL + "acc_", VAL + MEAN_SUBSET_ACC, VAL + WORST_SUBSET_ACC)
     for key, value in metrics.items():
-        if key == "train_loss":
+        if key == TRAIN_LOSS:
             key = "loss"
-        elif key.startswith("val_acc_") or key in ("val_mean_subset_acc", "val_worst_subset_acc"):
-            key = key[len("val_"):]
+        elif key.startswith(per_subset):
+            key = key[len(VAL):]
         out[key] = float(value)
     return out
 
 
 def final_metrics(report: dict) -> dict[str, float]:
-    """The final evaluation (after per-subset BatchNorm recalibration, if configured) in the same names."""
-    out = {f"acc_{subset}": float(row["accuracy"]) for subset, row in report["subsets"].items()}
-    out.update({k: float(v) for k, v in report["summary"].items()})
-    return out
+    """The final evaluation (after per-subset BatchNorm recalibration, if configured) in the same names:
+    ``acc_<subset>`` and the summaries."""
+    flat = flat_metrics(report["subsets"], report["summary"])
+    return {k: v for k, v in flat.items() if k.startswith("acc_") or k in report["summary"]}
 
 
 def rescale_lr(ckpt: dict, lr: float) -> bool:
@@ -105,19 +109,26 @@ def report(metrics: dict, checkpoint: Path | None, trial_id: str) -> None:
 
 
 class TuneReporter(Hook):
-    """Reports every epoch but the last to Tune; ``train_trial`` reports the last one after the final
-    evaluation, so that the result a finished trial ends with is its full per-subset evaluation."""
+    """Reports each epoch to Tune with its checkpoint, and the end of training with the final evaluation
+    (so a finished trial's last result is its full per-subset evaluation). When Tune stops the trial at an
+    epoch (ASHA's rung, PBT's pause), training ends as :class:`StoppedEarly`: the trial's MLflow run is
+    FINISHED and tagged, not failed."""
 
-    def __init__(self, epochs: int, trial_id: str):
-        self.epochs, self.trial_id = epochs, trial_id
+    def __init__(self, epochs: int, trial_id: str, run_dir: Path):
+        self.epochs, self.trial_id, self.run_dir = epochs, trial_id, run_dir
         self.last: dict[str, float] = {}
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
         self.last = tune_metrics(epoch, metrics)
-
-    def on_checkpoint(self, path: Path, epoch: int) -> None:
         if epoch < self.epochs:
-            report(self.last, Path(path), self.trial_id)
+            try:
+                report(self.last, Path(checkpoint), self.trial_id)
+            except SystemExit:  # Tune ends a stopped trial's thread this way
+                raise StoppedEarly(f"stopped by the sweep's scheduler after epoch {epoch}") from None
+
+    def on_fit_end(self, result: FitResult) -> None:
+        final = {**self.last, **final_metrics(result.report), "epoch": self.epochs, "final_eval": 1.0}
+        report(final, latest_checkpoint(self.run_dir), self.trial_id)
 
 
 @dataclass(frozen=True)
@@ -141,24 +152,32 @@ class TrialSetup:
         return apply_params(self.base, {**params, **fixed})
 
 
-def _file_log(path: Path):
+@contextmanager
+def _logging_to(path: Path):
+    """The trainer's messages (the ``dynconv`` logger) go to the trial's ``train.log`` while it trains."""
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        with open(path, "a") as f:
-            f.write(message + "\n")
-    return log
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("dynconv")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def _tag_mlflow_run(run_dir: Path, tags: dict[str, str]) -> None:
     """Tag the trial's MLflow run, if it has one already (a restored trial); tracking never stops a trial."""
-    from launch.tracking import RUN_FILE, mlflow_client
+    from ..launch.mlflow_store import mlflow_client
 
-    info_file = run_dir / RUN_FILE
-    if not info_file.exists():
+    info = recorded_mlflow_run(run_dir)
+    if info is None:
         return
     try:
-        info = json.loads(info_file.read_text())
         client = mlflow_client(info["tracking_uri"])
         for key, value in tags.items():
             client.set_tag(info["run_id"], key, value)
@@ -171,7 +190,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     import torch
     from ray import tune
 
-    from launch.training import run_training
+    from ..launch.training import run_training
 
     trial_id = tune.get_context().get_trial_id()
     params = plain(dict(config))
@@ -179,7 +198,7 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     run_dir = setup.run_dir(trial_id)
     torch.set_num_threads(max(1, setup.threads))
 
-    state_file = run_dir / TRIAL_FILE
+    state_file = run_dir / SWEEP_TRIAL
     state = json.loads(state_file.read_text()) if state_file.exists() else {"exploits": []}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -196,11 +215,9 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
         tags["mlflow.parentRunId"] = setup.parent_run_id
     _tag_mlflow_run(run_dir, tags)  # a new run gets them from the trainer
 
-    reporter, log = TuneReporter(cfg.train.epochs, trial_id), _file_log(run_dir / "train.log")
-    try:
-        result = run_training(cfg, log=log, tags=tags, hooks=[reporter])
-    except Exception as e:
-        log(f"dynconv: error: {e}")
-        raise
-    final = {**reporter.last, **final_metrics(result["report"]), "epoch": cfg.train.epochs, "final_eval": 1.0}
-    report(final, latest_checkpoint(run_dir), trial_id)
+    with _logging_to(run_dir / TRAIN_LOG):
+        try:
+            run_training(cfg, tags=tags, hooks=[TuneReporter(cfg.train.epochs, trial_id, run_dir)])
+        except Exception as e:
+            logging.getLogger("dynconv").info(f"dynconv: error: {e}")
+            raise

@@ -10,6 +10,7 @@ import hypothesis  # noqa: F401  (import early: hypothesis' pytest plugin otherw
 import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from test runs
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
@@ -23,23 +24,32 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "data"
     write_dataset(root, num_classes=4, train_per_class=80, val_per_class=16, size=32, seed=0)
     for split in ("train", "val"):
-        write_beton(scan_image_folder(root / split), root / f"{split}.beton", max_side=32, num_workers=1)
+        write_beton(scan_image_folder(root / split), root / f"{split}.beton", size=32, store="raw", num_workers=1)
     return root
 
 
-def run_cli(*argv: str) -> int:
-    from launch.cli import main
+@pytest.fixture(scope="session")
+def textures_small(tmp_path_factory) -> Path:
+    """The harder synthetic set in the small-data regime: 6 classes (3 orientations x 2 scales) x 60 training
+    and 30 validation images at 32 px, with .beton files holding the folder loader's pixels."""
+    from dynconv.data import scan_image_folder
+    from dynconv.data.ffcv_io import write_beton
+    from dynconv.data.synth import write_dataset
 
-    return main([str(a) for a in argv])
+    root = tmp_path_factory.mktemp("textures") / "data"
+    write_dataset(root, num_classes=6, train_per_class=60, val_per_class=30, size=32, seed=0, kind="textures")
+    for split in ("train", "val"):
+        write_beton(scan_image_folder(root / split), root / f"{split}.beton", size=32, store="raw", num_workers=1)
+    return root
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real single-node Slurm (slurm/local-cluster.sh up: installs slurm-wlm/munge/MariaDB when missing).
+    """A real single-node Slurm (slurm/cluster/local-cluster.sh up: installs slurm-wlm/munge/MariaDB when missing).
     Left running if it was already up; stopped at the end if this session started it."""
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "slurm" / "local-cluster.sh"
+    script = Path(__file__).resolve().parents[1] / "slurm" / "cluster" / "local-cluster.sh"
     was_up = subprocess.run(["bash", str(script), "status"], capture_output=True).returncode == 0
     if not was_up:
         r = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=1200)
@@ -49,3 +59,26 @@ def slurm_cluster():
     yield
     if not was_up:
         subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_stays_in_process(request, monkeypatch):
+    """Tests not marked ``slow`` (``make test-fast``) run in this process: starting another Python, a Slurm
+    command, a shell script or a mount there is an error that says to mark the test slow, so the markers
+    stay accurate (libraries' own quick calls, such as ``uname``, are left alone)."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import subprocess
+    import sys
+
+    heavy = {"python", "python3", Path(sys.executable).name, "bash", "sh", "mount", "sbatch", "srun", "sinfo",
+             "squeue", "sacct", "scancel", "scontrol", "ray", "mlflow", "torchrun", "deepspeed"}
+    popen = subprocess.Popen
+
+    def guarded(args, *a, **kw):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if Path(os.fsdecode(argv[0]).split()[0]).name in heavy:
+            raise AssertionError(f"{request.node.nodeid} starts {argv[0]!r}: mark it @pytest.mark.slow")
+        return popen(args, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", guarded)

@@ -2,9 +2,7 @@ import json
 
 import pytest
 from PIL import Image
-
-from conftest import run_cli
-from test_cli import CONFIG
+from helpers import CONFIG, run_cli
 
 
 @pytest.mark.slow

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from dynconv.data import AugmentParams, build_source
 from dynconv.data.augment import SampleAugment, apply, sample, sample_uniforms
 from dynconv.data.ffcv_io import LoaderAugment
 from dynconv.errors import DynconvError
-from launch.config import load_config
-from test_cli import _train_args
+from dynconv.launch.config import load_config
+from helpers import run_cli, train_args
 
 FLIPS_ONLY = {"rotation": 0, "perspective": 0}
 
@@ -132,7 +131,7 @@ def test_loader_augmentation_in_real_loaders(tiny_data, path):
 
 def test_where_is_validated():
     assert load_config(None, ["data.augment.where=loader"]).data.augment.where == "loader"
-    assert load_config(None, []).data.augment.where == "device"
+    assert load_config(None, []).data.augment.where == "auto"
     with pytest.raises(DynconvError, match="data.augment.where"):
         load_config(None, ["data.augment.where=gpu"])
 
@@ -142,7 +141,14 @@ def test_where_is_validated():
 def test_train_cli_with_loader_side_augmentation(tiny_data, tmp_path, split):
     run_dir = tmp_path / "run"
     data = ([f"data.train={tiny_data / 'train'}", f"data.val={tiny_data / 'val'}"] if split == "folder" else [])
-    assert run_cli(*_train_args(tiny_data, run_dir, "data.augment.where=loader", "train.epochs=1",
+    assert run_cli(*train_args(tiny_data, run_dir, "data.augment.where=loader", "train.epochs=1",
                                 "tracking.enabled=false", "eval.subsets=RGB,R", *data)) == 0
     assert (run_dir / "model.pt").is_file() and (run_dir / "eval.json").is_file()
     assert "where: loader" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_auto_augments_in_the_loader_on_a_cpu(tiny_data, tmp_path, capsys):
+    assert run_cli(*train_args(tiny_data, tmp_path / "run", "train.epochs=1", "tracking.enabled=false",
+                               "eval.subsets=RGB", "train.device=cpu")) == 0
+    assert "augmenting in the data loader (data.augment.where=auto on the CPU)" in capsys.readouterr().out

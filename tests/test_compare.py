@@ -5,9 +5,8 @@ import json
 
 import pytest
 from PIL import Image
+from helpers import run_cli, train_args
 
-from conftest import run_cli
-from test_cli import _train_args
 
 NORMS = ["shared", "recalibrate", "group"]
 
@@ -17,7 +16,7 @@ def store(tiny_data, tmp_path_factory):
     """Three short training runs (one per norm mode) in one sqlite store."""
     root = tmp_path_factory.mktemp("cmp")
     for norm in NORMS:
-        assert run_cli(*_train_args(tiny_data, root / norm, "train.epochs=2", f"model.norm={norm}",
+        assert run_cli(*train_args(tiny_data, root / norm, "train.epochs=2", f"model.norm={norm}",
                                     f"run.name=run-{norm}", "tracking.experiment=cmp")) == 0
     return f"sqlite:///{root / 'mlruns.db'}", root
 
@@ -58,7 +57,7 @@ def test_compare_baseline_plot_and_log_to(store, tmp_path, capsys):
     assert base["d_mean"] == 0 and base["d_worst"] == 0
     for r in rows:
         assert r["d_mean"] == pytest.approx(r["mean_subset_acc"] - base["mean_subset_acc"])
-    from launch.compare import collect_rows, plot_rows
+    from dynconv.launch.compare import collect_rows, plot_rows
 
     collected, client = collect_rows(uri, ["cmp"])
     info = plot_rows(collected, client, tmp_path / "cmp.png")
@@ -73,7 +72,37 @@ def test_compare_baseline_plot_and_log_to(store, tmp_path, capsys):
 
 
 def test_compare_errors(tmp_path, capsys):
+    # a command that only reads never creates a store: a mistyped path is an error, not an empty result
+    assert run_cli("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'mlrun.db'}") == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "mlrun.db").exists()
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'empty.db'}").search_experiments()  # an existing, empty store
     assert run_cli("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}") == 2
     assert "no runs with per-subset results" in capsys.readouterr().err
     assert run_cli("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}", "--experiment", "nope") == 2
     assert "no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def _row(name: str) -> dict:
+    acc = {s: 0.5 for s in ("RGB", "RG", "RB", "GB", "R", "G", "B")}
+    return {"run": name, "run_id": name * 4, "model": "dynamic_resnet18", "stem_mode": "slice", "stem": "torchvision",
+            "norm": "recalibrate", "dropout": "uniform_subsets", "epochs": 12, "macs": 148_000_000, "acc": acc,
+            "mean_subset_acc": 0.5, "worst_subset_acc": 0.5, "f1": 0.5, "full": "RGB"}
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_terminal_table_fits_the_terminal(width, capsys, monkeypatch):
+    """It used to cut every number to '…' below ~170 columns: columns are dropped by priority instead, and
+    the title says which; subsets, mean and worst always stay."""
+    from dynconv.launch.compare import fit_columns, header, print_rich
+
+    rows = [_row("slice-recal-seed0"), _row("prefix-shared-seed1")]
+    cols, dropped = fit_columns(rows, width)
+    assert {"run", "acc_RGB", "acc_B", "mean_subset_acc", "worst_subset_acc"} <= set(cols)
+    assert (width == 200) == (not dropped)
+    assert header("f1", rows) == "F1 RGB" and header("macs", rows) == "MACs RGB"
+    monkeypatch.setenv("COLUMNS", str(width))
+    print_rich(rows)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= width and "…" not in out and "accuracy in %" in out

@@ -164,3 +164,118 @@ def test_ffcv_batches_stay_valid_when_kept(tiny_data):
     fx, fy = map(torch.cat, zip(*folder.epoch(0)))
     bx, by = map(torch.cat, zip(*kept))
     assert torch.equal(fy, by) and (fx.float() - bx.float()).abs().mean() < 6
+
+
+def test_folder_and_beton_give_the_same_pixels(tmp_path):
+    """`dynconv convert --size S --store raw` stores what the folder loader produces at S: the two paths
+    evaluate identically. With JPEG storage the difference is the re-encoding alone, a few levels."""
+    from dynconv.data.ffcv_io import write_beton
+
+    root = write_dataset(tmp_path / "t", num_classes=2, train_per_class=1, val_per_class=24, size=40, kind="textures")
+    folder = torch.cat([x for x, _ in build_source(root / "val", image_size=32, batch_size=16, num_workers=0).epoch(0)])
+    diffs = {}
+    for store in ("raw", "jpg"):
+        beton = write_beton(scan_image_folder(root / "val"), tmp_path / f"{store}.beton", size=32, store=store,
+                            num_workers=1)
+        ffcv = torch.cat([x for x, _ in build_source(beton, image_size=32, batch_size=16, num_workers=1).epoch(0)])
+        diffs[store] = (folder.float() - ffcv.float()).abs().mean().item()
+    assert diffs["raw"] == 0.0
+    assert 0 < diffs["jpg"] < 8, diffs  # JPEG at quality 90 on noisy textures: ~4 of 255 levels on average
+
+
+def test_ffcv_leaves_the_training_threads_alone(tiny_data):
+    """FFCV used to reset torch's intra-op threads to data.num_workers every epoch (capping CPU training)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        source = build_source(tiny_data / "train.beton", image_size=32, batch_size=16, num_workers=1, train=True)
+        for epoch in range(2):
+            for _ in source.epoch(epoch):
+                pass
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_importing_ffcv_does_not_cap_the_training_threads():
+    """ffcv's import sets torch's intra-op threads to 1 (CPU training on one core until the first epoch, and
+    for good where nothing set them again): dynconv puts the count back. A fresh process, since here ffcv is
+    imported already."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(3); import dynconv.data.ffcv_io, ffcv; "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "3", out.stderr[-2000:]
+
+
+def test_channel_stats_are_those_of_every_pixel_and_bounded():
+    from dynconv.data.stats import channel_stats, sample_indices
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (5, 4 + i, 6), dtype=np.uint8) for i in range(7)]  # 5 channels, mixed sizes
+    mean, std = channel_stats(len(images), images.__getitem__, limit=100)
+    pixels = np.concatenate([im.reshape(5, -1) for im in images], axis=1) / 255.0
+    assert mean == pytest.approx(pixels.mean(1), abs=1e-6) and std == pytest.approx(pixels.std(1), abs=1e-6)
+    assert sample_indices(7, 100) == list(range(7))
+    picked = sample_indices(10_001, 3)
+    assert picked == [0, 5000, 10_000]
+    with pytest.raises(DynconvError, match=r"channel\(s\) \[1\] are constant"):
+        channel_stats(1, lambda i: np.stack([images[0][0], np.zeros_like(images[0][0])]), limit=10)
+
+
+def test_data_mean_std_auto_from_a_beton_or_a_folder(tiny_data, tmp_path, caplog):
+    """convert records the stored pixels' statistics; a folder is measured when training starts, from the
+    same pixels (raw store at the training size: equal); an older .beton without them is one line."""
+    import json
+    import logging
+
+    from dynconv.data.ffcv_io import read_beton_meta, sidecar_path
+    from dynconv.data.stats import folder_stats
+    from dynconv.launch.config import load_config
+    from dynconv.launch.training import _stats
+    from helpers import CONFIG
+
+    meta = read_beton_meta(tiny_data / "train.beton")
+    assert meta["stats_images"] == 320 and len(meta["mean"]) == len(meta["std"]) == 3
+    assert meta["mean"] == pytest.approx(folder_stats(tiny_data / "train", 32)[0], abs=1e-6)
+    common = ["data.image_size=32", "data.mean=auto", "data.std=auto"]
+    with caplog.at_level(logging.INFO, logger="dynconv"):
+        beton = _stats(load_config(CONFIG, [f"data.train={tiny_data / 'train.beton'}", *common]))
+        folder = _stats(load_config(CONFIG, [f"data.train={tiny_data / 'train'}", *common]))
+    assert beton == (meta["mean"], meta["std"]) == folder  # the raw store holds the folder loader's pixels
+    assert "data.mean/std=auto: mean" in caplog.text and "recorded by 'dynconv convert' from 320 images" in caplog.text
+    mixed = _stats(load_config(CONFIG, [f"data.train={tiny_data / 'train.beton'}", "data.mean=auto",
+                                        "data.std=[0.2, 0.2, 0.2]"]))
+    assert mixed == (meta["mean"], [0.2, 0.2, 0.2])
+    old = tmp_path / "old.beton"
+    shutil.copy(tiny_data / "train.beton", old)
+    sidecar_path(old).write_text(json.dumps({k: v for k, v in meta.items() if k not in ("mean", "std")}))
+    with pytest.raises(DynconvError, match="records no channel statistics .* run 'dynconv convert' again"):
+        _stats(load_config(CONFIG, [f"data.train={old}", *common]))
+
+
+def test_numbas_finaliser_error_is_dropped_and_nothing_else():
+    """numba's dispatcher finaliser raises KeyError when FFCV's compiled pipelines are collected (one traceback
+    each after a run); only that one is dropped."""
+    import os
+    import types
+
+    from dynconv.data.ffcv_io import numba_finalizer_filter
+
+    def unraisable(filename):
+        try:
+            exec(compile("raise KeyError('overload')", filename, "exec"))
+        except KeyError as e:
+            return types.SimpleNamespace(exc_type=KeyError, exc_value=e, exc_traceback=e.__traceback__,
+                                         err_msg="Exception ignored in", object=None)
+
+    seen = []
+    hook = numba_finalizer_filter(seen.append)
+    hook(unraisable(os.path.join("site-packages", "numba", "core", "dispatcher.py")))
+    assert seen == []
+    mine = unraisable(os.path.join("site-packages", "mine", "code.py"))
+    hook(mine)
+    assert seen == [mine]

@@ -16,14 +16,13 @@ import psutil
 import pytest
 import torch
 
-from conftest import run_cli
 from dynconv.errors import DynconvError
-from dynconv.train.deepspeed_strategy import derive_config
-from dynconv.train.strategy import DeepSpeedOptions
-from test_cli import _assert_one_line_error, _cli, _train_args
+from dynconv.train.strategies.deepspeed_engine import derive_config
+from dynconv.train.strategies import DeepSpeedOptions
+from helpers import assert_one_line_error, cli, epoch_losses, run_cli, train_args
 
 ROOT = Path(__file__).parents[1]
-# scripts run in subprocesses import this checkout's dynconv and the helpers of test_strategies.py
+# scripts run in subprocesses import this checkout's dynconv and tests/helpers.py
 SCRIPT_ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
 
 COMMON = ["train.epochs=2", "train.every_steps=3", "train.keep_checkpoints=3", "data.augment.enabled=false",
@@ -33,16 +32,12 @@ DS = ["train.strategy=deepspeed", "deepspeed.zero_stage=2"]
 
 def _args(tiny_data, run_dir, *extra) -> list[str]:
     """Training images from the folder, as in test_ddp.py: its sampler gives N processes the batches of one."""
-    argv = [str(a) for a in _train_args(tiny_data, run_dir, *COMMON, *extra)]
+    argv = [str(a) for a in train_args(tiny_data, run_dir, *COMMON, *extra)]
     return [f"data.train={tiny_data / 'train'}" if a.startswith("data.train=") else a for a in argv]
 
 
 def _two_process_cmd(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", argv[0], "--nproc", "2", *argv[1:]]
-
-
-def _losses(stdout: str) -> list[float]:
-    return [float(x) for x in re.findall(r"^epoch \d+/\d+  train_loss ([0-9.]+)", stdout, re.M)]
+    return [sys.executable, "-m", "dynconv", argv[0], "--nproc", "2", *argv[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def test_zero2_over_two_processes_matches_one_process(ds_run, tiny_data, tmp_pat
     run_dir, stdout = ds_run
     assert "DeepSpeed ZeRO-2 over 2 process(es) (gloo), 16 images per process per micro-step" in stdout
     assert run_cli(*_args(tiny_data, tmp_path / "single")) == 0
-    single, ds = _losses(capsys.readouterr().out), _losses(stdout)
+    single, ds = epoch_losses(capsys.readouterr().out), epoch_losses(stdout)
     assert len(single) == len(ds) == 2, stdout
     # the same global batches and updates; only BatchNorm statistics differ (per process): close, not equal
     assert all(abs(a - b) < 0.15 for a, b in zip(single, ds)), (single, ds)
@@ -99,7 +94,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(ds_run, tiny_data, t
     resumed = subprocess.run(cmd + ["train.resume=auto"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at epoch 2 step 6" in resumed.stdout
-    assert _losses(resumed.stdout) == _losses(ds_run[1])[1:]  # epoch 2's loss includes the steps before the kill
+    assert epoch_losses(resumed.stdout) == epoch_losses(ds_run[1])[1:]  # epoch 2's loss includes the steps before the kill
     a = torch.load(ds_run[0] / "model.pt", weights_only=True)["model"]
     b = torch.load(killed / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
@@ -152,7 +147,7 @@ def _derive(tmp_path, file: dict | str | None = None, **options):
     if file is not None:
         path = tmp_path / "ds.json"
         path.write_text(file if isinstance(file, str) else json.dumps(file))
-        options["config_file"] = str(path)
+        options["config"] = str(path)
     return derive_config(DeepSpeedOptions(**options), **kw)
 
 
@@ -196,31 +191,31 @@ def test_bad_deepspeed_config_is_one_line_error(tiny_data, tmp_path):
                                                             "would ignore it): did you mean 'zero_optimization'?"),
                             ([f"deepspeed.config={nested}"], "DeepSpeed rejects 'overlap_com'"),
                             ([f"deepspeed.config={tmp_path / 'missing.json'}"], "missing.json does not exist")):
-        proc = _cli(*_args(tiny_data, tmp_path / "run", "train.strategy=deepspeed", *extra))
-        _assert_one_line_error(proc, fragment)
+        proc = cli(*_args(tiny_data, tmp_path / "run", "train.strategy=deepspeed", *extra))
+        assert_one_line_error(proc, fragment)
     assert not (tmp_path / "run").exists()
 
 
 ACCUMULATION_CHECK = r"""
 import sys, torch
 from pathlib import Path
-from test_strategies import Tiny, _batches, _spec
 from dynconv.data.loaders import DataSource
 from dynconv.train.distributed import init_distributed
 from dynconv.train.loop import train_one_epoch
-from dynconv.train.strategy import DeepSpeedOptions, build_strategy
+from dynconv.train.strategies import DeepSpeedOptions, build_strategy
+from helpers import Tiny, fit_spec, make_batches
 
 info, out = init_distributed(False, always=True), []
 for name, k, bad in (("single", 1, ()), ("deepspeed", 2, ()), ("single", 2, ()), ("deepspeed", 2, (1, 6))):
     torch.manual_seed(0)
     model = Tiny(norm=False)
     strategy = build_strategy(name, torch.device("cpu"), info, grad_accum_steps=k, global_batch=8,
-                              deepspeed=DeepSpeedOptions(zero_stage=2))
+                              options=DeepSpeedOptions(zero_stage=2) if name == "deepspeed" else None)
     strategy.setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    spec = _spec(Path(sys.argv[1]), 1, max_bad_steps=5)
+    spec = fit_spec(Path(sys.argv[1]), 1, max_bad_steps=5)
     spec.train_transform = lambda x, e, s: x.float() / 255 * (float("nan") if s in bad else 1.0)
-    data = _batches(8) if k == 2 else [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
-                                      for a, b in zip(_batches(8)[::2], _batches(8)[1::2])]
+    data = make_batches(8) if k == 2 else [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+                                      for a, b in zip(make_batches(8)[::2], make_batches(8)[1::2])]
     train_one_epoch(strategy, DataSource(data, None, 32, "memory"), spec, 1)
     out.append((model.state_dict(), spec.bad_steps, getattr(getattr(strategy, "engine", None), "global_steps", None)))
 (ref, _, _), (ds, _, ds_updates), (acc, _, _), (skipped, bad_steps, updates) = out
@@ -242,7 +237,7 @@ def test_deepspeed_accumulation_matches_one_big_batch_and_survives_non_finite_mi
 
 
 def test_cli_accepts_the_deepspeed_launchers_local_rank():
-    from launch.cli import build_parser
+    from dynconv.launch.cli import build_parser
 
     args = build_parser().parse_args(["--local_rank=1", "train", "--config", "run.yaml", "train.strategy=deepspeed"])
     assert args.command == "train" and args.overrides == ["train.strategy=deepspeed"]
@@ -251,14 +246,14 @@ def test_cli_accepts_the_deepspeed_launchers_local_rank():
 TWO_PROCESS_ACCUMULATION = r"""
 import sys, torch
 from pathlib import Path
-from test_strategies import Tiny, _batches, _spec
 from dynconv.data.loaders import DataSource
 from dynconv.train.distributed import init_distributed
 from dynconv.train.loop import train_one_epoch
-from dynconv.train.strategy import DeepSpeedOptions, build_strategy
+from dynconv.train.strategies import DeepSpeedOptions, build_strategy
+from helpers import Tiny, fit_spec, make_batches
 
 info = init_distributed(False, always=True)
-data = _batches(8)  # 4 steps x 2 micro-batches x 4 images, globally
+data = make_batches(8)  # 4 steps x 2 micro-batches x 4 images, globally
 mine = [(x[2 * info.rank:2 * info.rank + 2], y[2 * info.rank:2 * info.rank + 2]) for x, y in data]
 result = []
 for name in ("ddp", "deepspeed", "single"):  # single: on both processes (its metrics are all-reduced)
@@ -267,9 +262,9 @@ for name in ("ddp", "deepspeed", "single"):  # single: on both processes (its me
     k, batches = (2, mine) if name != "single" else (1, [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
                                                          for a, b in zip(data[::2], data[1::2])])
     strategy = build_strategy(name, torch.device("cpu"), info if name != "single" else type(info)(), grad_accum_steps=k,
-                              global_batch=8, deepspeed=DeepSpeedOptions(zero_stage=2))
+                              global_batch=8, options=DeepSpeedOptions(zero_stage=2) if name == "deepspeed" else None)
     strategy.setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    train_one_epoch(strategy, DataSource(batches, None, 32, "memory"), _spec(Path(sys.argv[1]), 1), 1)
+    train_one_epoch(strategy, DataSource(batches, None, 32, "memory"), fit_spec(Path(sys.argv[1]), 1), 1)
     result.append(model.state_dict())
 if info.rank == 0:
     ddp, ds, single = result
@@ -295,6 +290,6 @@ def test_two_process_accumulation_with_ddp_and_zero2_equals_one_batch(tmp_path):
 @pytest.mark.slow
 def test_channels_last_with_deepspeed_trains_with_contiguous_weights(tiny_data, tmp_path):
     """DeepSpeed broadcasts weights through byte views: channels_last weights used to crash its initialize."""
-    proc = _cli(*_args(tiny_data, tmp_path / "cl", *DS, "train.epochs=1", "train.channels_last=true"))
+    proc = cli(*_args(tiny_data, tmp_path / "cl", *DS, "train.epochs=1", "train.channels_last=true"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "inputs are channels_last, the weights stay contiguous" in proc.stderr

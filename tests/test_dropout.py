@@ -70,3 +70,17 @@ def test_bad_schedules():
         ChannelDropout("sometimes", 3)
     with pytest.raises(DynconvError, match="curriculum"):
         ChannelDropout("uniform_subsets", 3, curriculum="zigzag")
+
+
+def test_hierarchical_sampling_draws_every_subset_size_equally_often():
+    """ChannelViT's HCS: size k uniform in 1..C, then a k-subset uniformly."""
+    d = ChannelDropout("hierarchical", 3)
+    probs = dict(zip(d.subsets, d.probabilities(1)))
+    assert probs[(0, 1, 2)] == pytest.approx(1 / 3)
+    assert all(probs[s] == pytest.approx(1 / 9) for s in d.subsets if len(s) in (1, 2))
+    draws = [d(1, step) for step in range(6000)]
+    sizes = np.bincount([len(s) for s in draws], minlength=4)[1:] / len(draws)
+    assert np.allclose(sizes, 1 / 3, atol=0.03)
+    five = ChannelDropout("hierarchical", 5)
+    by_size = {k: sum(p for s, p in zip(five.subsets, five.probabilities(1)) if len(s) == k) for k in range(1, 6)}
+    assert all(v == pytest.approx(0.2) for v in by_size.values())

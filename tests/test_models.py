@@ -58,6 +58,23 @@ def test_generated_stems_train_only_present_channel_parameters(mode):
     assert g[0] > 0 and g[2] > 0 and g[1] == 0
 
 
+def test_target_stem_is_one_plain_conv_per_subset():
+    """y = conv(x, W_S) on hand-set weights, in the order x holds the channels; only W_S gets a gradient."""
+    stem = create_stem("target", 3, 4, "torchvision")
+    assert [tuple(w.shape) for w in stem.weights] == [(4, 3, 7, 7)] + [(4, 2, 7, 7)] * 3 + [(4, 1, 7, 7)] * 3
+    with torch.no_grad():
+        for k, w in enumerate(stem.weights):
+            w.copy_(torch.arange(w.numel(), dtype=torch.float32).reshape(w.shape) * (k + 1) / w.numel())
+    x = torch.randn(2, 2, 16, 16)
+    rb = stem.weights[all_subsets(3).index((0, 2))]
+    conv = lambda w: torch.nn.functional.conv2d(x, w, stride=2, padding=3)  # noqa: E731
+    torch.testing.assert_close(stem(x, (0, 2)), conv(rb))
+    torch.testing.assert_close(stem(x, (2, 0)), conv(rb[:, [1, 0]]))  # x holds B then R
+    stem(x, (0, 2)).square().sum().backward()
+    assert [w.grad is not None and bool(w.grad.abs().sum() > 0) for w in stem.weights] == [
+        s == (0, 2) for s in all_subsets(3)]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_state_dict_round_trip_and_every_subset(mode, tmp_path):
     torch.manual_seed(0)
@@ -136,6 +153,7 @@ def test_macs_ran2():
     _within(count_macs(create_model("ran2", num_classes=50), 3, 224), 3_715_245_312, 0.05)
 
 
+@pytest.mark.slow
 def test_channels_last_and_compiled_forward():
     model = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice").eval()
     x = torch.randn(2, 3, 32, 32)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from dynconv.data import build_source, scan_image_folder
 from dynconv.data.ffcv_io import write_beton
 from dynconv.errors import DynconvError
+from helpers import CONFIG, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_arrays_round_trip_exactly(five_channel):
     assert next(iter(resized.epoch(0)))[0].shape == (4, 5, 16, 16)
 
 
+@pytest.mark.slow
 def test_five_channel_model_trains_and_evaluates_all_subsets(five_channel, tmp_path, capsys):
-    from test_cli import CONFIG
 
     args = ["train", "--config", CONFIG, f"data.train={five_channel / 'train.beton'}",
             f"data.val={five_channel / 'val.beton'}", "data.channels=RGBUV", "data.image_size=20",

@@ -8,12 +8,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import run_cli
 from dynconv.channel_select import forward_subset
 from dynconv.channels import all_subsets
 from dynconv.layers import SubsetBatchNorm2d, calibrate
 from dynconv.models import create_model
-from test_cli import _train_args
+from helpers import run_cli, train_args
 
 SUBSETS = all_subsets(3)
 
@@ -127,6 +126,7 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_calibration_matches_single_process(tmp_path):
     out = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'rdzv'}", str(out)), nprocs=2, join=True)
@@ -144,9 +144,9 @@ def test_ddp_calibration_matches_single_process(tmp_path):
 @pytest.mark.slow
 def test_cli_recalibrate_train_calibrate_and_rgb_gap(tiny_data, tmp_path, capsys):
     base = tmp_path / "shared"
-    assert run_cli(*_train_args(tiny_data, base, "tracking.enabled=false", "train.epochs=4")) == 0
+    assert run_cli(*train_args(tiny_data, base, "tracking.enabled=false", "train.epochs=4")) == 0
     recal = tmp_path / "recal"
-    assert run_cli(*_train_args(tiny_data, recal, "tracking.enabled=false", "train.epochs=4",
+    assert run_cli(*train_args(tiny_data, recal, "tracking.enabled=false", "train.epochs=4",
                                 "model.norm=recalibrate")) == 0
     ckpt = torch.load(recal / "model.pt", weights_only=True)
     assert ckpt["dynconv"]["model_kwargs"]["norm"] == "recalibrate"
@@ -166,3 +166,39 @@ def test_cli_recalibrate_train_calibrate_and_rgb_gap(tiny_data, tmp_path, capsys
     ref = json.loads((base / "eval.json").read_text())["subsets"]["RGB"]["accuracy"]
     assert report["summary"]["rgb_gap"] == pytest.approx(ref - report["subsets"]["RGB"]["accuracy"])
     assert "rgb_gap" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_norm_mode_learns_in_the_small_data_regime(textures_small, tmp_path):
+    """360 training images of the harder set: no norm mode may fall to chance (switchable did, with
+    per-subset running statistics that ~10 updates each left near their initial values), and the subset-aware
+    ones beat shared BatchNorm on mean subset accuracy. The last epoch's logged subset accuracies are the
+    final evaluation's."""
+    from mlflow.tracking import MlflowClient
+
+    from helpers import CONFIG
+
+    summary = {}
+    for norm in ("shared", "recalibrate", "switchable", "group"):
+        run = tmp_path / norm
+        assert run_cli("train", "--config", CONFIG, f"data.train={textures_small / 'train.beton'}",
+                       f"data.val={textures_small / 'val.beton'}", "model.num_classes=6", "data.image_size=32",
+                       "train.epochs=8", "train.batch_size=32", "train.lr=0.05", f"model.norm={norm}",
+                       "data.num_workers=1", "eval.every_epoch=true", f"run.dir={run}",
+                       # GroupNorm has no batch statistics to damp the first steps: at this rate it diverges
+                       # to chance without clipping (measured: mean subset accuracy 16.7% -> 49.6%)
+                       *(["train.grad_clip=1.0"] if norm == "group" else [])) == 0
+        report = json.loads((run / "eval.json").read_text())
+        summary[norm] = report["summary"]["mean_subset_acc"]
+        # chance is 1/6: a mode that collapses (switchable's stale statistics did: mean 19.9%) fails here; shared
+        # BatchNorm's worst subset sits near chance by its nature, the subset-aware modes' may not
+        assert summary[norm] > 1 / 6 + 0.1, (norm, report["summary"])
+        if norm in ("recalibrate", "switchable"):
+            assert report["summary"]["worst_subset_acc"] > 1 / 6 + 0.1, (norm, report["summary"])
+        info = json.loads((run / "mlflow_run.json").read_text())
+        client = MlflowClient(info["tracking_uri"])
+        for subset, row in report["subsets"].items():
+            last = client.get_metric_history(info["run_id"], f"curves/val_acc_{subset}")[-1]
+            assert last.step == 8 and last.value == pytest.approx(row["accuracy"], abs=1e-12), (norm, subset)
+    print(summary)
+    assert summary["recalibrate"] > summary["shared"] and summary["switchable"] > summary["shared"], summary

@@ -77,3 +77,29 @@ def test_onecycle_matches_torch_onecycle(total, pct):
         opt.step()
         ref.step()
         ours.step()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_onecycle_cycles_momentum_like_torch(optimizer):
+    """cycle_momentum as torch's OneCycleLR: momentum (Adam: beta1) from peak down to base while the rate rises,
+    back up while it falls."""
+    def make():
+        model = torch.nn.Linear(2, 2)
+        if optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        return torch.optim.AdamW(model.parameters(), lr=0.5, betas=(0.9, 0.999))
+    key = (lambda g: g["momentum"]) if optimizer == "sgd" else (lambda g: g["betas"][0])
+    ref_opt, opt = make(), make()
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.5, total_steps=20, pct_start=0.3,
+                                              base_momentum=0.85, max_momentum=0.9)
+    ours = build_scheduler(opt, "onecycle", epochs=20, steps_per_epoch=1, pct_start=0.3, momentum=(0.85, 0.9))
+    seen = []
+    for _ in range(20):
+        assert key(opt.param_groups[0]) == pytest.approx(key(ref_opt.param_groups[0]), rel=1e-12)
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+        seen.append(key(opt.param_groups[0]))
+        ref_opt.step()
+        opt.step()
+        ref.step()
+        ours.step()
+    assert min(seen) == pytest.approx(0.85, abs=1e-3) and max(seen) == pytest.approx(0.9)

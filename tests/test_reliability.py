@@ -13,14 +13,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
 from dynconv.channels import parse_subset, parse_subsets
 from dynconv.errors import DynconvError
 from dynconv.fileio import DiskFull
 from dynconv.train.checkpoint import atomic_torch_save, load_checkpoint
 from dynconv.train.runlock import RunLock
-from launch.config import Config, load_config
-from test_cli import _assert_one_line_error, _cli, _train_args
+from dynconv.launch.config import Config, load_config
+from helpers import assert_one_line_error, cli, resume_args, run_cli, train_args
 
 FUZZ = settings(max_examples=int(os.environ.get("DYNCONV_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -30,23 +29,21 @@ FUZZ = settings(max_examples=int(os.environ.get("DYNCONV_FUZZ_EXAMPLES", "150"))
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_data, tmp_path_factory):
-    from test_resume import _args
 
     ref = tmp_path_factory.mktemp("ref") / "run"
-    assert run_cli(*_args(tiny_data, ref, "train.every_steps=1", "train.keep_checkpoints=2")) == 0
+    assert run_cli(*resume_args(tiny_data, ref, "train.every_steps=1", "train.keep_checkpoints=2")) == 0
     return torch.load(ref / "model.pt", weights_only=True)["model"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", [(1, 2), (1, 5), (1, 9), (2, 1), (2, 3), (2, 4), (2, 6), (2, 7), (2, 8), (2, 10)])
 def test_sigkill_at_seeded_points_resumes_bitwise(point, tiny_data, tmp_path, reference_run, capsys):
-    from test_resume import _args
     from dynconv.train.checkpoint import epoch_checkpoint
 
     epoch, step = point
     run = tmp_path / "run"
-    args = _args(tiny_data, run, "train.every_steps=1", "train.keep_checkpoints=2")
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *args], stdout=subprocess.DEVNULL,
+    args = resume_args(tiny_data, run, "train.every_steps=1", "train.keep_checkpoints=2")
+    proc = subprocess.Popen([sys.executable, "-m", "dynconv", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     target = epoch_checkpoint(run, epoch) if step == 10 else epoch_checkpoint(run, epoch, step)
     deadline = time.time() + 300
@@ -79,6 +76,7 @@ def test_disk_full_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_real_small_filesystem_fills_up(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -96,7 +94,7 @@ def test_real_small_filesystem_fills_up(tmp_path):
 _CRASHING_LOADER = """
 import os, signal, sys
 import torch
-from dynconv.data.loaders import DataSource
+from dynconv.data.loaders import FolderSource
 from dynconv.errors import DynconvError
 
 class Crashing(torch.utils.data.Dataset):
@@ -110,7 +108,7 @@ class Crashing(torch.utils.data.Dataset):
 
 loader = torch.utils.data.DataLoader(Crashing(), batch_size=8, num_workers=1, timeout=60)
 try:
-    for _ in DataSource(loader, None, 64, "torchvision").epoch(0):
+    for _ in FolderSource(loader, None, 64, 3, 0).epoch(0):
         pass
 except DynconvError as e:
     print(f"dynconv: error: {e}", file=sys.stderr)
@@ -118,13 +116,15 @@ except DynconvError as e:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)  # a hang fails the test instead of stalling the suite
 def test_loader_worker_crash_is_a_clear_error_not_a_hang():
     # in a child process: torch's SIGCHLD handler for the killed worker must not fire inside pytest itself
     proc = subprocess.run([sys.executable, "-c", _CRASHING_LOADER], capture_output=True, text=True, timeout=100)
-    _assert_one_line_error(proc, "data-loader worker died")
+    assert_one_line_error(proc, "data-loader worker died")
 
 
+@pytest.mark.slow
 def test_second_process_on_a_run_dir_is_refused_and_stale_locks_are_reclaimed(tmp_path):
     with RunLock(tmp_path):
         proc = subprocess.run([sys.executable, "-c", f"from dynconv.train.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire()"],
@@ -143,9 +143,72 @@ def test_second_process_on_a_run_dir_is_refused_and_stale_locks_are_reclaimed(tm
 def test_two_trainings_on_one_run_dir(tiny_data, tmp_path):
     run = tmp_path / "shared"
     with RunLock(run):  # stands in for a first job still running
-        proc = _cli(*_train_args(tiny_data, run, "train.epochs=1", "tracking.enabled=false"))
-    _assert_one_line_error(proc, "is in use by process")
+        proc = cli(*train_args(tiny_data, run, "train.epochs=1", "tracking.enabled=false"))
+    assert_one_line_error(proc, "is in use by process")
     assert not (run / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_every_rank_ends_with_the_same_one_line(tiny_data, tmp_path):
+    """A check only the main process makes (the run lock) fails on rank 0: rank 1 does not hang in its next
+    collective or print a traceback; both print the same line, and the launcher exits 2."""
+    run = tmp_path / "shared"
+    with RunLock(run):
+        proc = cli(*train_args(tiny_data, run, "train.epochs=1", "tracking.enabled=false"), "--nproc", "2",
+                   timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("dynconv: error:")]
+    assert len(errors) == 2 and errors[0] == errors[1] and "is in use by process" in errors[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_workers_die_with_their_launcher_and_release_the_run(tiny_data, tmp_path):
+    """kill -9 of ``dynconv train --nproc 2`` (the OOM killer, a scheduler): its workers, each in a session of
+    its own, stop within seconds instead of training on; the run lock is free and ``train.resume=auto``
+    continues the run."""
+    import psutil
+
+    run = tmp_path / "run"
+    args = [*resume_args(tiny_data, run, "train.epochs=30", "train.every_steps=1"), "--nproc", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "dynconv", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = run / "checkpoints" / "epoch_0001_step_000001.pt"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.exists(), "no checkpoint within 240 s"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [p.pid for p in alive]
+    newest = max(p.stat().st_mtime for p in (run / "checkpoints").iterdir())
+    time.sleep(2)
+    assert max(p.stat().st_mtime for p in (run / "checkpoints").iterdir()) == newest  # nobody writes any more
+    assert run_cli(*resume_args(tiny_data, run, "train.epochs=1", "train.resume=auto")) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_checkpoints_are_written_is_one_line_and_leaves_them_whole(tiny_data, tmp_path):
+    """Ctrl+C under ``--nproc 2`` lands while a checkpoint is being written (one every step): torch's writer
+    used to turn the interrupt into a RuntimeError traceback. The write completes first, then the one line."""
+    run = tmp_path / "run"
+    args = [*resume_args(tiny_data, run, "train.epochs=30", "train.every_steps=1", "train.keep_checkpoints=50"),
+            "--nproc", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "dynconv", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 240
+    while len(list((run / "checkpoints").glob("epoch_*.pt"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted" in err, err[-3000:]
+    for ckpt in (run / "checkpoints").glob("epoch_*.pt"):
+        load_checkpoint(ckpt)  # every one complete
+    assert not list((run / "checkpoints").glob(".*tmp"))
 
 
 # ---- hostile or foreign files ------------------------------------------------------------------------
@@ -183,8 +246,9 @@ def test_symlink_loops_in_image_folders_terminate(tiny_data, tmp_path):
     assert len(scan_image_folder(root).samples) == 64
 
 
+@pytest.mark.slow
 def test_malformed_tracking_uri(tiny_data, tmp_path):
-    _assert_one_line_error(_cli(*_train_args(tiny_data, tmp_path / "r", "tracking.uri=not a uri")),
+    assert_one_line_error(cli(*train_args(tiny_data, tmp_path / "r", "tracking.uri=not a uri")),
                            "tracking.uri 'not a uri' is not a URI")
 
 

@@ -1,47 +1,10 @@
-"""A run killed with SIGKILL after a mid-epoch checkpoint resumes to bitwise-identical final weights."""
-import signal
-import subprocess
-import sys
-import time
-
+"""Resuming: a truncated newest checkpoint is skipped; a stop request checkpoints at a step and the resumed run
+continues the same MLflow run. (SIGKILL at ten points, then a bitwise-identical resume: test_reliability.py.)"""
 import pytest
 import torch
 
-from conftest import run_cli
-from test_cli import _train_args
-
-COMMON = ["train.epochs=2", "train.every_steps=3", "train.keep_checkpoints=3", "tracking.enabled=false",
-          "data.num_workers=0"]
-
-
-def _args(tiny_data, run_dir, *extra):
-    argv = [str(a) for a in _train_args(tiny_data, run_dir, *COMMON, *extra)]
-    return [f"data.train={tiny_data / 'train'}" if a.startswith("data.train=") else a for a in argv
-            if a != "data.num_workers=1"]
-
-
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tiny_data, tmp_path):
-    reference = tmp_path / "reference"
-    assert run_cli(*_args(tiny_data, reference)) == 0
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", *_args(tiny_data, killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = killed / "checkpoints" / "epoch_0002_step_000006.pt"  # 6 of the 10 steps of epoch 2 done
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert target.exists() and not (killed / "model.pt").exists()
-
-    assert run_cli(*_args(tiny_data, killed, "train.resume=auto")) == 0
-    a = torch.load(reference / "model.pt", weights_only=True)["model"]
-    b = torch.load(killed / "model.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+from dynconv.train import TrainingPreempted
+from helpers import resume_args, stop_after
 
 
 def test_truncated_newest_checkpoint_is_skipped(tmp_path):
@@ -64,29 +27,50 @@ def test_stop_request_checkpoints_at_a_step_and_resume_continues_the_same_mlflow
     SCHEDULED; resuming finishes it in the same run, with per-epoch subset metrics for every epoch once."""
     from mlflow.tracking import MlflowClient
 
-    from dynconv.train.loop import TrainingPreempted
-    from launch.config import load_config
-    from launch.training import run_training
-    from launch.tracking import default_tracking_uri
+    from dynconv.launch.config import load_config
+    from dynconv.launch.training import run_training
+    from dynconv.launch.tracking import default_tracking_uri
 
     run_dir = tmp_path / "run"
-    argv = _args(tiny_data, run_dir, "eval.every_epoch=true", "eval.subsets=RGB,G")
+    argv = resume_args(tiny_data, run_dir, "eval.every_epoch=true", "eval.subsets=RGB,G")
     argv = [a for a in argv if a != "tracking.enabled=false"]
     cfg = load_config(argv[2], argv[3:])
-    polls = iter(range(10_000))
     with pytest.raises(TrainingPreempted) as info:
-        run_training(cfg, log=lambda _: None, stop_requested=lambda: next(polls) >= 13)  # 10 steps/epoch
+        run_training(cfg, hooks=[stop_after(iter(range(10_000)), 13)])  # 10 steps/epoch
     assert (info.value.epoch, info.value.step) == (2, 3)
     assert info.value.checkpoint == run_dir / "checkpoints" / "epoch_0002_step_000003.pt"
     client = MlflowClient(default_tracking_uri(run_dir))
     run_id = __import__("json").loads((run_dir / "mlflow_run.json").read_text())["run_id"]
     assert client.get_run(run_id).info.status == "SCHEDULED"
 
-    result = run_training(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": "auto"})}),
-                          log=lambda _: None)
+    result = run_training(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": "auto"})}))
     assert result["run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
     for key in ("train_loss", "val_acc_RGB", "val_acc_G", "val_worst_subset_acc"):
-        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
-    worst = client.get_metric_history(run_id, "val_worst_subset_acc")[-1].value
-    accs = [client.get_metric_history(run_id, f"val_acc_{s}")[-1].value for s in ("RGB", "G")]
+        assert [m.step for m in client.get_metric_history(run_id, f"curves/{key}")] == [1, 2], key
+    worst = client.get_metric_history(run_id, "curves/val_worst_subset_acc")[-1].value
+    accs = [client.get_metric_history(run_id, f"curves/val_acc_{s}")[-1].value for s in ("RGB", "G")]
     assert worst == min(accs)
+
+
+@pytest.mark.slow
+def test_weight_ema_is_checkpointed_resumed_bitwise_and_shipped(tiny_data, tmp_path):
+    """train.ema_decay: the average is part of every checkpoint, so a run stopped mid-epoch and resumed ships
+    bitwise the same averaged model.pt as an uninterrupted run; validation scores the average (the model
+    that ships) and reports the live weights beside it."""
+    from dynconv.launch.config import load_config
+    from dynconv.launch.training import run_training
+
+    def cfg(run_dir, *extra):
+        argv = resume_args(tiny_data, run_dir, "train.ema_decay=0.9", "tracking.enabled=false", *extra)
+        return load_config(argv[2], argv[3:])
+
+    reference = run_training(cfg(tmp_path / "ref"))
+    with pytest.raises(TrainingPreempted):
+        run_training(cfg(tmp_path / "stopped"), hooks=[stop_after(iter(range(10_000)), 13)])
+    resumed = run_training(cfg(tmp_path / "stopped", "train.resume=auto"))
+    a = torch.load(reference["checkpoint"], weights_only=True)["model"]
+    b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = torch.load(sorted((tmp_path / "ref" / "checkpoints").glob("epoch_0002.pt"))[0], weights_only=True)
+    assert all(torch.equal(a[k], last["ema"]["model"][k]) for k in a)  # model.pt is the average
+    assert not all(torch.equal(a[k], last["model"][k]) for k in a)    # ... not the live weights

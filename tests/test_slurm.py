@@ -1,4 +1,4 @@
-"""`dynconv submit/jobs/logs/cancel` against a real single-node Slurm (slurm/local-cluster.sh, started once
+"""`dynconv submit/jobs/logs/cancel` against a real single-node Slurm (slurm/cluster/local-cluster.sh, started once
 per session by the `slurm_cluster` fixture)."""
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import CONFIG, run_cli
 
-CONFIG = Path(__file__).resolve().parents[1] / "launch" / "configs" / "demo.yaml"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
@@ -28,7 +27,7 @@ def _records(root: Path) -> list[dict]:
 def _mlflow(run_dir: str):
     from mlflow.tracking import MlflowClient
 
-    from launch.tracking import default_tracking_uri
+    from dynconv.launch.tracking import default_tracking_uri
 
     run_id = json.loads((Path(run_dir) / "mlflow_run.json").read_text())["run_id"]
     return MlflowClient(default_tracking_uri(run_dir)), run_id
@@ -68,8 +67,8 @@ def test_training_job_completes_and_logs_to_mlflow_then_jobs_logs_and_an_eval_jo
     client, run_id = _mlflow(job["run_dir"])
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["slurm.job_id"] == job["job_id"]
-    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
-    assert {"acc_RGB", "acc_R", "worst_subset_acc"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run_id, "curves/train_loss")] == [1, 2]
+    assert {"subset/RGB/acc", "subset/R/acc", "subset/worst_subset_acc"} <= set(run.data.metrics)
 
     capsys.readouterr()
     _wait_state(job["job_id"], {"COMPLETED"})
@@ -100,13 +99,16 @@ def test_array_of_three_gives_three_tagged_mlflow_runs(tiny_data, tmp_path):
     for job in rec["jobs"]:
         client, run_id = _mlflow(job["run_dir"])
         run = client.get_run(run_id)
-        assert run.info.status == "FINISHED" and "acc_RGB" in run.data.metrics
+        assert run.info.status == "FINISHED" and "subset/RGB/acc" in run.data.metrics
         array_ids.add(run.data.tags["slurm.array_job_id"])
         kinds.append(run.data.params["dropout.kind"])
     assert len(array_ids) == 1 and kinds == ["uniform_subsets", "constant", "weighted_subsets"]
 
 
-def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_path, capsys):
+def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_path, capsys, monkeypatch):
+    # submitted from inside another distributed process: sbatch exports these, and the job must use its own
+    for key, value in (("MASTER_ADDR", "10.255.255.1"), ("MASTER_PORT", "1"), ("RANK", "5"), ("WORLD_SIZE", "8")):
+        monkeypatch.setenv(key, value)
     root = tmp_path / "jobs"
     assert run_cli("submit", "--folder", root, "--time", "30", "--tasks-per-node", "2", "--wait",
                    *_train(tiny_data)) == 0
@@ -139,7 +141,7 @@ def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tiny_dat
     assert "pre-empted at epoch" in log and "resuming at epoch" in log
     client, run_id = _mlflow(job["run_dir"])
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "curves/train_loss")] == [1, 2, 3, 4, 5, 6]
     runs = client.search_runs([client.get_run(run_id).info.experiment_id])
     assert len(runs) == 1  # the requeued job continued the run instead of starting another
 
@@ -200,6 +202,6 @@ def test_sweep_on_slurm_runs_ray_tune_inside_one_job(tiny_data, tmp_path, capsys
     client = MlflowClient(summary["tracking_uri"])
     children = client.search_runs([client.get_run(summary["parent_run_id"]).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
-    assert len(children) == 2 and all("worst_subset_acc" in r.data.metrics for r in children)
+    assert len(children) == 2 and all("subset/worst_subset_acc" in r.data.metrics for r in children)
     (job,) = _records(tmp_path / "jobs")[0]["jobs"]
     assert _wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"

@@ -7,44 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli
 from dynconv.data.loaders import DataSource
-from dynconv.dropout import ChannelDropout
-from dynconv.train import FitSpec, Hook, fit
-from dynconv.train.loop import TrainingPreempted, train_one_epoch
+from dynconv.train import Hook, fit
+from dynconv.train import TrainingPreempted
+from dynconv.train.loop import train_one_epoch
 from dynconv.train.optim import build_scheduler
 from dynconv.train.resize import resolution_at
-from dynconv.train.strategy import build_strategy
-from test_cli import _train_args
-
-CPU = torch.device("cpu")
-
-
-class Tiny(nn.Module):
-    """conv -> (BatchNorm) -> pool -> linear; remembers the input sizes it was trained on."""
-
-    def __init__(self, norm: bool = True):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4) if norm else nn.Identity(), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-        self.sizes: list[int] = []
-
-    def forward(self, x, channels=None):
-        if self.training and not torch.compiler.is_compiling():
-            self.sizes.append(x.shape[-1])
-        return self.net(x)
-
-
-def _batches(n: int, size: int = 16, batch: int = 4, seed: int = 0) -> list:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
-             torch.randint(0, 2, (batch,), generator=g)) for _ in range(n)]
-
-
-def _spec(tmp_path, epochs: int, **kw) -> FitSpec:
-    return FitSpec(epochs=epochs, device=CPU, train_transform=lambda x, e, s: x.float() / 255,
-                   eval_transform=lambda x: x.float() / 255, dropout=ChannelDropout("none", 3), run_dir=tmp_path,
-                   manifest={"format_version": 1}, log=lambda _m: None, **kw)
+from dynconv.train.strategies import build_strategy
+from helpers import CPU, Tiny, epoch_losses, fit_spec, make_batches, run_cli, stop_after, train_args
 
 
 def _setup(model, k: int = 1, lr: float = 0.1, compile: bool = False):
@@ -55,14 +25,14 @@ def _setup(model, k: int = 1, lr: float = 0.1, compile: bool = False):
 
 
 def test_two_micro_batches_of_4_give_the_update_of_one_batch_of_8(tmp_path):
-    data = _batches(2, batch=4)
+    data = make_batches(2, batch=4)
     whole = [(torch.cat([data[0][0], data[1][0]]), torch.cat([data[0][1], data[1][1]]))]
     results = []
-    for k, batches in ((1, whole), (2, data + _batches(1, seed=9))):  # k=2: the third batch is a rest, unused
+    for k, batches in ((1, whole), (2, data + make_batches(1, seed=9))):  # k=2: the third batch is a rest, unused
         torch.manual_seed(0)
         model = Tiny(norm=False)  # no BatchNorm: per-sample maths, so accumulation is exact up to rounding
         strategy, _ = _setup(model, k=k)
-        metrics = train_one_epoch(strategy, DataSource(batches, None, 8, "memory"), _spec(tmp_path, 1), 1)
+        metrics = train_one_epoch(strategy, DataSource(batches, None, 8, "memory"), fit_spec(tmp_path, 1), 1)
         results.append((dict(model.state_dict()), metrics, len(model.sizes)))
     (a, ma, na), (b, mb, nb) = results
     assert (na, nb) == (1, 2)
@@ -75,9 +45,9 @@ def test_non_finite_micro_batch_drops_the_whole_step(tmp_path):
     model = Tiny(norm=False)
     strategy, _ = _setup(model, k=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    spec = _spec(tmp_path, 1, max_bad_steps=1)
+    spec = fit_spec(tmp_path, 1, max_bad_steps=1)
     spec.train_transform = lambda x, e, s: x.float() / 255 * (float("nan") if s == 1 else 1.0)
-    train_one_epoch(strategy, DataSource(_batches(2), None, 8, "memory"), spec, 1)  # its only step
+    train_one_epoch(strategy, DataSource(make_batches(2), None, 8, "memory"), spec, 1)  # its only step
     assert spec.bad_steps == 1 and len(model.sizes) == 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # micro-batch 0 discarded too
 
@@ -93,19 +63,19 @@ def test_progressive_resizing_trains_at_the_scheduled_resolution(tmp_path):
         def __init__(self):
             self.res = []
 
-        def on_epoch_end(self, epoch, metrics):
+        def on_epoch_end(self, epoch, metrics, checkpoint):
             self.res.append(metrics["train_res"])
 
     torch.manual_seed(0)
     model, hook = Tiny(), Record()
     strategy, opt = _setup(model)
-    spec = _spec(tmp_path, 3, resolution=lambda e: resolution_at(e, 16, 32, 2), hooks=[hook])
-    fit(strategy, DataSource(_batches(2, size=32), None, 8, "memory"), None, build_scheduler(opt, "constant", 3), spec)
+    spec = fit_spec(tmp_path, 3, resolution=lambda e: resolution_at(e, 16, 32, 2), hooks=[hook])
+    fit(strategy, DataSource(make_batches(2, size=32), None, 8, "memory"), None, build_scheduler(opt, "constant", 3), spec)
     assert model.sizes == [16, 16, 24, 24, 32, 32] and hook.res == [16, 24, 32]
 
 
-def _onecycle_run(tmp_path, stop_after: int | None = None, resume_from=None) -> list[float]:
-    """LRs of every optimiser step of 2 epochs x 3 steps; optionally stopped before poll ``stop_after``."""
+def _onecycle_run(tmp_path, stop_at: int | None = None, resume_from=None) -> list[float]:
+    """LRs of every optimiser step of 2 epochs x 3 steps; optionally stopped before poll ``stop_at``."""
     torch.manual_seed(0)
     model = Tiny()
     strategy, opt = _setup(model)
@@ -113,14 +83,13 @@ def _onecycle_run(tmp_path, stop_after: int | None = None, resume_from=None) -> 
     lrs = []
     opt.register_step_pre_hook(lambda o, *_: lrs.append(o.param_groups[0]["lr"]))
     polls = iter(range(100))
-    spec = _spec(tmp_path, 2, every_steps=1,
-                 stop_requested=(lambda: next(polls) >= stop_after) if stop_after is not None else None)
+    spec = fit_spec(tmp_path, 2, every_steps=1, hooks=[stop_after(polls, stop_at)] if stop_at is not None else [])
     start, resume = 0, None
     if resume_from is not None:
         state = strategy.load(resume_from)
         scheduler.load_state_dict(state["scheduler"])
         start, resume = state["epoch"], {k: state[k] for k in ("step", "partial") if k in state}
-    fit(strategy, DataSource(_batches(3), None, 12, "memory"), None, scheduler, spec, start_epoch=start, resume=resume)
+    fit(strategy, DataSource(make_batches(3), None, 12, "memory"), None, scheduler, spec, start_epoch=start, resume=resume)
     return lrs
 
 
@@ -135,7 +104,7 @@ def test_onecycle_is_stepped_per_step_like_torch_and_resumes_mid_epoch(tmp_path)
     assert _onecycle_run(tmp_path / "a") == pytest.approx(expected, rel=1e-12)
 
     with pytest.raises(TrainingPreempted) as stopped:
-        _onecycle_run(tmp_path / "b", stop_after=4)  # polls 0-2: epoch 1; poll 4 = epoch 2 step 1
+        _onecycle_run(tmp_path / "b", stop_at=4)  # polls 0-2: epoch 1; poll 4 = epoch 2 step 1
     assert (stopped.value.epoch, stopped.value.step) == (2, 1)
     first = expected[:4]
     rest = _onecycle_run(tmp_path / "b", resume_from=stopped.value.checkpoint)
@@ -148,9 +117,9 @@ def test_compile_trains_a_step_and_keeps_plain_weight_names(tmp_path):
     model = Tiny()
     plain_keys = list(model.state_dict())
     strategy, opt = _setup(model, compile=True)
-    final = fit(strategy, DataSource(_batches(1), None, 4, "memory"), None, build_scheduler(opt, "constant", 1),
-                _spec(tmp_path, 1))
-    saved = torch.load(final, weights_only=True)["model"]
+    final = fit(strategy, DataSource(make_batches(1), None, 4, "memory"), None, build_scheduler(opt, "constant", 1),
+                fit_spec(tmp_path, 1))
+    saved = torch.load(final.final_checkpoint, weights_only=True)["model"]
     assert list(saved) == plain_keys and all(torch.isfinite(v).all() for v in saved.values())
 
 
@@ -167,7 +136,7 @@ def test_compile_trains_a_step_and_keeps_plain_weight_names(tmp_path):
 def test_bad_training_keys_are_one_line_errors(tiny_data, tmp_path, capsys, monkeypatch, extra, env, fragment):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert run_cli(*_train_args(tiny_data, tmp_path / "run", "tracking.enabled=false", *extra)) == 2
+    assert run_cli(*train_args(tiny_data, tmp_path / "run", "tracking.enabled=false", *extra)) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"dynconv: error: .*\n", err) and fragment in err, err
 
@@ -180,10 +149,10 @@ def test_grad_accumulation_2x16_matches_1x32(tiny_data, tmp_path, capsys):
     curves = {}
     for k in (1, 2):
         capsys.readouterr()
-        assert run_cli(*_train_args(tiny_data, tmp_path / f"k{k}", "train.epochs=2", "data.augment.enabled=false",
+        assert run_cli(*train_args(tiny_data, tmp_path / f"k{k}", "train.epochs=2", "data.augment.enabled=false",
                                     "tracking.enabled=false", "data.num_workers=0", f"train.grad_accum_steps={k}")) == 0
         out = capsys.readouterr().out
-        curves[k] = [float(x) for x in re.findall(r"^epoch \d+/\d+  train_loss ([0-9.]+)", out, re.M)]
+        curves[k] = epoch_losses(out)
     assert "16 images per process per micro-step, 2 micro-step(s) per optimiser step" in out
     assert len(curves[1]) == len(curves[2]) == 2
     assert all(abs(a - b) < 0.15 for a, b in zip(curves[1], curves[2])), curves
@@ -191,11 +160,59 @@ def test_grad_accumulation_2x16_matches_1x32(tiny_data, tmp_path, capsys):
 
 def test_a_saved_config_yaml_reloads_without_deepspeed_settings(tmp_path):
     """run.dir/config.yaml spells out every key, the deepspeed section's unset ones as null: not 'set'."""
-    from launch.config import dump_yaml, load_config
-    from launch.training import _deepspeed_options
+    from dynconv.launch.config import dump_yaml, load_config
+    from dynconv.launch.training import _deepspeed_options
 
     saved = tmp_path / "config.yaml"
     saved.write_text(dump_yaml(load_config(None, ["train.epochs=2"])))
     assert _deepspeed_options(load_config(saved), "single") is None
     with pytest.raises(Exception, match="deepspeed.zero_stage is set"):
         _deepspeed_options(load_config(saved, ["deepspeed.zero_stage=1"]), "single")
+
+
+def test_weight_ema_follows_the_formula_and_round_trips():
+    from dynconv.train.ema import WeightEMA
+
+    live = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = WeightEMA(live, decay=0.9)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in live.parameters():
+            p.add_(1.0)
+        live[1].num_batches_tracked += 5
+    ema.update(live)
+    d = min(0.9, 2 / 11)  # warm-up: (1 + n) / (10 + n) after the first update
+    for k, v in ema.module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, d * start[k] + (1 - d) * live.state_dict()[k]), k
+        else:
+            assert torch.equal(v, live.state_dict()[k]), k  # integer buffers are copied
+    again = WeightEMA(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), decay=0.9)
+    again.load_state_dict(ema.state_dict())
+    assert again.updates == 1 and all(torch.equal(a, b) for a, b in zip(again.module.state_dict().values(),
+                                                                        ema.module.state_dict().values()))
+
+
+def test_distillation_loss_is_the_soft_target_kl(tmp_path):
+    from dynconv.train.loop import distillation
+
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    t = 2.0
+    p, log_q = torch.softmax(teacher / t, 1), torch.log_softmax(student / t, 1)
+    expected = (p * (p.log() - log_q)).sum(1).mean() * t * t
+    assert distillation(student, teacher, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-6)
+
+    class Fixed(nn.Module):  # a teacher that always answers the same
+        def forward(self, x, channels=None):
+            return torch.tensor([[4.0, -4.0]]).expand(x.shape[0], 2)
+
+    torch.manual_seed(0)
+    model = Tiny(norm=False)
+    strategy, _ = _setup(model, lr=0.0)  # no update: the loss is the loss of the initial model
+    batches = make_batches(2)
+    spec = fit_spec(tmp_path, 1, teacher=Fixed(), distill_alpha=1.0, distill_temperature=1.0)
+    metrics = train_one_epoch(strategy, DataSource(batches, None, 8, "memory"), spec, 1)
+    with torch.no_grad():
+        logits = torch.cat([model(x.float() / 255) for x, _ in batches])
+    assert metrics["train_loss"] == pytest.approx(distillation(logits, Fixed()(logits), 1.0).item(), rel=1e-5)

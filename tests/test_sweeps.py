@@ -9,8 +9,8 @@ import pytest
 import torch
 from ray.tune import Callback
 
-from conftest import run_cli
-from test_cli import CONFIG
+from dynconv.sweeps.spec import SweepOptions
+from helpers import CONFIG, run_cli
 
 # learns in 2-3 epochs on the tiny data at 1 thread (RGB accuracy ~0.4-0.7 at epoch 2 for lr 2e-3..3e-3,
 # chance ~0.25 for lr 1e-7); trials are deterministic (seeded), so are their metrics
@@ -25,7 +25,7 @@ def _overrides(data, epochs: int) -> list[str]:
 def ray_cluster():
     import ray
 
-    from sweeps.runner import init_ray
+    from dynconv.sweeps.tuner import init_ray
 
     started = init_ray(num_cpus=2)
     yield
@@ -60,7 +60,7 @@ def asha(tiny_data, ray_cluster, sweep_root):
 
 @pytest.mark.slow
 def test_asha_stops_weak_trials_early_and_writes_best_config(asha):
-    from launch.config import load_config
+    from dynconv.launch.config import load_config
 
     summary = json.loads((asha / "summary.json").read_text())
     rows = {r["params"]["train.lr"]: r for r in summary["rows"]}
@@ -95,10 +95,10 @@ def test_asha_logs_parent_and_child_mlflow_runs(asha):
         epochs = int(child.data.tags["dynconv.sweep.epochs"])
         stopped = child.data.tags["dynconv.sweep.stopped_early"] == "true"
         assert stopped == (epochs < 3)
-        history = client.get_metric_history(child.info.run_id, "val_acc_RGB")
+        history = client.get_metric_history(child.info.run_id, "curves/val_acc_RGB")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert float(child.data.params["train.lr"]) in (0.003, 0.002, 1e-7, 1e-8)
-        assert ("acc_RGB" in child.data.metrics) == (not stopped)  # the final evaluation of finished trials
+        assert ("subset/RGB/acc" in child.data.metrics) == (not stopped)  # the final evaluation of finished trials
 
 
 class InterruptOnce(Callback):
@@ -118,13 +118,14 @@ class InterruptOnce(Callback):
 def test_resume_after_interrupt_does_not_rerun_finished_trials(tiny_data, ray_cluster, sweep_root):
     from mlflow.tracking import MlflowClient
 
-    from sweeps.runner import run_sweep
+    from dynconv.sweeps.runner import run_sweep
 
     out, marker = sweep_root / "resume", sweep_root / "interrupt-once"
     marker.touch()
     space = _space(sweep_root / "resume.yaml", "train.lr: {grid: [0.003, 0.002, 0.001]}\n")
-    first = run_sweep(out, CONFIG, space, _overrides(tiny_data, 2) + ["dropout.kind=none"], scheduler="fifo",
-                      search="grid", max_concurrent=1, verbose=0, callbacks=[InterruptOnce(str(marker))])
+    first = run_sweep(out, CONFIG, space, _overrides(tiny_data, 2) + ["dropout.kind=none"],
+                      SweepOptions(scheduler="fifo", search="grid", max_concurrent=1), verbose=0,
+                      callbacks=[InterruptOnce(str(marker))])
     assert first["status"] == "interrupted" and not marker.exists()
     done = [r["trial"] for r in first["rows"] if r["finished"]]
     assert done, first["rows"]
@@ -141,18 +142,18 @@ def test_resume_after_interrupt_does_not_rerun_finished_trials(tiny_data, ray_cl
                                   f"tags.mlflow.parentRunId = '{info['run_id']}'")
     assert len(children) == 3  # one MLflow run per trial, none duplicated by the resume
     for child in children:
-        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss")) == [1, 2]
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "curves/train_loss")) == [1, 2]
 
 
 @pytest.mark.slow
 def test_pbt_exploits_a_stronger_trial(tiny_data, ray_cluster, sweep_root):
-    from sweeps.runner import run_sweep
+    from dynconv.sweeps.runner import run_sweep
 
     out = sweep_root / "pbt"
     space = _space(sweep_root / "pbt.yaml", "train:\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
                                             "dropout:\n  p: {uniform: [0.2, 0.6]}\n")
-    result = run_sweep(out, CONFIG, space, _overrides(tiny_data, 2) + ["dropout.kind=constant"], scheduler="pbt",
-                       num_samples=2, perturbation_interval=1, verbose=0)
+    result = run_sweep(out, CONFIG, space, _overrides(tiny_data, 2) + ["dropout.kind=constant"],
+                       SweepOptions(scheduler="pbt", num_samples=2, perturbation_interval=1), verbose=0)
     rows = result["rows"]
     assert result["status"] == "finished" and len(rows) == 2
     assert all(r["finished"] and r["epochs"] == 2 and not r["error"] for r in rows)
@@ -164,13 +165,13 @@ def test_pbt_exploits_a_stronger_trial(tiny_data, ray_cluster, sweep_root):
     donor = next(r for r in rows if r["trial"] == state["exploits"][0]["from"])
     assert state["exploits"][0]["epoch"] == 1 and donor is not trial
     assert 1e-3 <= trial["params"]["train.lr"] <= 1e-2 and 0.2 <= trial["params"]["dropout.p"] <= 0.6  # clipped
-    from launch.config import load_config
+    from dynconv.launch.config import load_config
 
     assert load_config(out / "trials" / trial["trial"] / "config.yaml").train.lr == trial["params"]["train.lr"]
 
 
 @pytest.mark.slow
-def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, sweep_root, capsys):
+def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, sweep_root, capsys, caplog):
     from mlflow.tracking import MlflowClient
 
     out = sweep_root / "fail"
@@ -180,6 +181,8 @@ def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, swee
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("dynconv: error: every trial of the sweep failed (first: dropout.weights needs subset "
                            "names of 'RGB'"), last
+    assert not [r for r in caplog.records if "Trials did not complete" in r.getMessage()]  # Ray's repeat of it
+    assert list(out.glob("tune/*/error.txt")), "the failed trial's traceback is kept"
     info = json.loads((out / "mlflow_run.json").read_text())
     assert MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.status == "FAILED"
     assert not (out / "best.yaml").exists()
@@ -187,7 +190,7 @@ def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, swee
 
 def test_rescale_lr_moves_a_resumed_schedule_to_the_new_rate():
     from dynconv.train import build_optimizer, build_scheduler
-    from sweeps.trainable import rescale_lr
+    from dynconv.sweeps.trainable import rescale_lr
 
     def make(lr):
         model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -219,8 +222,8 @@ def test_shipped_dropout_space_samples_valid_configs():
     import numpy as np
 
     from dynconv.dropout import ChannelDropout
-    from launch.config import load_config
-    from sweeps.space import apply_params, load_space
+    from dynconv.launch.config import load_config
+    from dynconv.sweeps.space import apply_params, load_space
 
     base = load_config(CONFIG).model_dump()
     space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / "dropout.yaml", base)
@@ -280,13 +283,55 @@ def test_pbt_needs_a_key_it_can_mutate(tmp_path, capsys):
     assert "--scheduler pbt mutates train.lr and dropout.* keys" in capsys.readouterr().err
 
 
-def test_optuna_search_without_optuna_says_how_to_install(tmp_path, capsys):
-    pytest.importorskip("ray.tune")
-    try:
-        import optuna  # noqa: F401
-        pytest.skip("optuna is installed")
-    except ImportError:
-        pass
+def test_optuna_search_without_optuna_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "optuna", None)  # as if it were not installed
     path = _space(tmp_path / "space.yaml", "train.lr: {loguniform: [0.001, 0.1]}\n")
     assert run_cli("sweep", "--config", CONFIG, "--space", path, "--search", "optuna", "--out", tmp_path / "o") == 2
     assert "pip install optuna" in capsys.readouterr().err
+
+
+def test_numbers_without_a_dot_are_numbers_in_every_yaml_file(tmp_path):
+    """PyYAML reads YAML 1.1, where ``1e-3`` is a string: space files failed ("needs numbers, got '1e-3'").
+    Every dynconv file is read with YAML 1.2 numbers."""
+    from dynconv.launch.config import load_config
+    from dynconv.sweeps.space import load_space
+
+    space = load_space(_space(tmp_path / "s.yaml", "train.lr: {loguniform: [1e-3, 1e-1]}\ndropout.p: {uniform: [1e-1, 5E-1]}\n"))
+    assert [d.args for d in space.dims] == [(1e-3, 1e-1), (0.1, 0.5)]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  lr: 3e-2\n  weight_decay: 1e-4\n")
+    assert load_config(cfg).train.lr == 0.03 and load_config(cfg).train.weight_decay == 1e-4
+
+
+@pytest.mark.slow
+def test_asha_best_is_the_trial_whose_final_evaluation_is_best(textures_small, ray_cluster, sweep_root):
+    """Per-epoch subset metrics are measured on calibrated statistics (the model as evaluated): over a small
+    dropout space on the harder set, the metric ASHA ranks a finished trial by at its last epoch is the final
+    evaluation the trial wrote itself (eval.json), and the best trial is the one whose final evaluation is best."""
+    from dynconv.sweeps.runner import run_sweep
+    from dynconv.sweeps.spec import TRIALS_DIR, TUNE_DIR
+
+    space = _space(sweep_root / "consistent.yaml",
+                   "dropout.kind: {grid: [none, constant, uniform_subsets, hierarchical]}\n")
+    overrides = [f"data.train={textures_small / 'train.beton'}", f"data.val={textures_small / 'val.beton'}",
+                 "model.num_classes=6", "data.image_size=32", "train.epochs=4", "train.batch_size=32",
+                 "train.lr=0.05", "model.norm=recalibrate", "data.num_workers=1", "train.keep_checkpoints=1",
+                 "tracking.enabled=false", "eval.calibration_batches=2"]
+    out = sweep_root / "consistent"
+    result = run_sweep(out, CONFIG, space, overrides,
+                       SweepOptions(scheduler="asha", search="grid", metric="mean_subset_acc", grace_period=1,
+                                    reduction_factor=2, max_concurrent=2), verbose=0)
+    rows = result["rows"]
+    assert any(r["finished"] for r in rows) and any(not r["finished"] for r in rows), rows
+    final = {}
+    for row in rows:
+        if row["error"]:  # fail with the trial's traceback and log, not only its last line
+            texts = [p.read_text()[-3000:] for p in (out / TUNE_DIR / row["trial"] / "error.txt",
+                                                       out / TRIALS_DIR / row["trial"] / "train.log") if p.exists()]
+            pytest.fail(f"trial {row['trial']} failed: {row['error']}\n" + "\n---\n".join(texts))
+        written = out / TRIALS_DIR / row["trial"] / "eval.json"
+        assert written.exists() == row["finished"], row  # stopped trials end without a final evaluation
+        if row["finished"]:
+            final[row["trial"]] = json.loads(written.read_text())["summary"]["mean_subset_acc"]
+            assert row["metric"] == pytest.approx(final[row["trial"]], abs=1e-12), row
+    assert result["best"]["trial"] == max(final, key=final.get), (final, result["best"])

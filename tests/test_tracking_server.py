@@ -6,13 +6,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, train_args
 
-from conftest import run_cli
-from test_cli import _train_args
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "launch.cli", "mlflow-server", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "dynconv", "mlflow-server", "--port", str(self.port),
                "--backend", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts", str(self.root / "artifacts")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 90
@@ -69,7 +69,7 @@ def logged(server, tiny_data, tmp_path_factory):
         extra = [f"model.name={model}", f"run.tags.study={role}", f"run.name={name}", f"train.seed={i}",
                  "train.epochs=2", f"tracking.uri={server.url}", "tracking.experiment=srv"]
         extra += [f"model.stem_mode={mode}"] if mode else ["dropout.kind=none", "model.stem_mode=null"]
-        assert run_cli(*_train_args(tiny_data, root / name, *extra)) == 0
+        assert run_cli(*train_args(tiny_data, root / name, *extra)) == 0
     return root
 
 
@@ -88,13 +88,67 @@ def test_runs_logged_through_server_compare_in_every_format(server, logged, caps
     gaps = {r["run"]: r["rgb_gap"] for r in json.loads(capsys.readouterr().out)}
     plain = next(r for r in rows if r["run"] == "plain")["acc"]["RGB"]
     assert gaps["plain"] == 0 and gaps["dyn0"] == pytest.approx(plain - next(r for r in rows if r["run"] == "dyn0")["acc"]["RGB"])
-    from launch.compare import collect_rows, plot_rows
+    from dynconv.launch.compare import collect_rows, plot_rows
 
     collected, client = collect_rows(server.url, ["srv"])
     png = plot_rows(collected, client, server.root / "cmp.png")
     assert png["series"] == {"bars": 3, "scatter": 3, "curves": 3} and png["path"].stat().st_size > 10_000
     # artifacts went through the server's proxy into its artifact folder
     assert list((server.root / "artifacts").rglob("eval.json"))
+
+
+def _rest(server, endpoint: str, **query) -> dict:
+    url = f"{server.url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_what_the_mlflow_ui_shows_through_its_rest_api(server, logged, tiny_data, tmp_path, capsys):
+    """The experiment opens as model training (not GenAI), runs carry the standard context tags and the data
+    sets as inputs, params are the set ones, metrics group by prefix, and the model is a registrable MLflow
+    model that 'dynconv eval' accepts by URI."""
+    exp = _rest(server, "experiments/get-by-name", experiment_name="srv")["experiment"]
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    req = urllib.request.Request(f"{server.url}/api/2.0/mlflow/runs/search", method="POST",
+                                 data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        run = next(x for x in json.loads(r.read())["runs"] if x["info"]["run_name"] == "dyn0")
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert {"mlflow.user", "mlflow.source.name", "dynconv.command"} <= set(tags)
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["run.name"] == "dyn0" and "None" not in params.values() and "model.switchable_stages" not in params
+    metrics = {m["key"] for m in run["data"]["metrics"]}
+    assert {"curves/train_loss", "curves/val_acc", "subset/RGB/acc", "subset/worst_subset_acc"} <= metrics
+    assert not [m for m in metrics if "/" not in m]  # every chart in a group
+    inputs = run["inputs"]["dataset_inputs"]
+    assert {i["dataset"]["name"] for i in inputs} == {"train.beton", "val.beton"}
+    assert json.loads(inputs[0]["dataset"]["schema"])["channels"] == ["R", "G", "B"]
+    run_id = run["info"]["run_id"]
+    top = {f["path"] for f in _rest(server, "artifacts/list", run_id=run_id)["files"]}
+    assert {"eval.json", "eval.md", "eval.png", "config.yaml", "checkpoints", "model"} <= top
+    assert "model/MLmodel" in {f["path"] for f in _rest(server, "artifacts/list", run_id=run_id, path="model")["files"]}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.url)
+    client.create_registered_model("dyn")
+    client.create_model_version("dyn", f"runs:/{run_id}/model", run_id=run_id)
+    capsys.readouterr()
+    for uri in (f"runs:/{run_id}/model", "models:/dyn/1"):
+        out = tmp_path / f"{uri.split(':')[0]}.json"
+        assert run_cli("eval", uri, "--tracking-uri", server.url, "--data", tiny_data / "val", "--subsets", "RGB,R",
+                       "--json", out) == 0
+        report = json.loads(out.read_text())
+        assert report["checkpoint"] == uri and report["subsets"]["RGB"]["accuracy"] == pytest.approx(
+            client.get_run(run_id).data.metrics["subset/RGB/acc"])
+    import mlflow.pyfunc
+    import numpy as np
+
+    mlflow.set_tracking_uri(server.url)
+    model = mlflow.pyfunc.load_model("models:/dyn/1")
+    logits = model.predict(np.zeros((2, 3, 32, 32), np.float32), params={"subset": "RG"})
+    assert logits.shape == (2, 4)
 
 
 def test_study_report_from_tagged_runs(server, logged, tmp_path, capsys):
@@ -111,7 +165,7 @@ def test_study_report_from_tagged_runs(server, logged, tmp_path, capsys):
 def test_server_killed_mid_run_buffers_then_sync_replays(server, tiny_data, tmp_path):
     run_dir = tmp_path / "flaky"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "launch.cli", *map(str, _train_args(
+    cmd = [sys.executable, "-m", "dynconv", *map(str, train_args(
         tiny_data, run_dir, "train.epochs=5", f"tracking.uri={server.url}", "tracking.experiment=flaky"))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output = []
@@ -124,7 +178,7 @@ def test_server_killed_mid_run_buffers_then_sync_replays(server, tiny_data, tmp_
     assert "unreachable" in text and "dynconv sync" in text
     assert (run_dir / "model.pt").exists() and (run_dir / "eval.json").exists()
     buffered = [json.loads(x) for x in (run_dir / "tracking_buffer.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in buffered if r["op"] == "metrics" and "train_loss" in r["metrics"]]
+    steps = [r["step"] for r in buffered if r["op"] == "metrics" and "curves/train_loss" in r["metrics"]]
     assert steps[0] <= 2 and steps == list(range(steps[0], 6))  # every epoch after the kill, in order
     assert buffered[-1] == {"op": "terminate", "status": "FINISHED"}
 
@@ -135,7 +189,7 @@ def test_server_killed_mid_run_buffers_then_sync_replays(server, tiny_data, tmp_
 
     client = MlflowClient(server.url)
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
-    assert sorted(h.step for h in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3, 4, 5]
+    assert sorted(h.step for h in client.get_metric_history(run_id, "curves/train_loss")) == [1, 2, 3, 4, 5]
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and "acc_G" in run.data.metrics
+    assert run.info.status == "FINISHED" and "subset/G/acc" in run.data.metrics
     assert {"eval.json", "config.yaml"} <= {a.path for a in client.list_artifacts(run_id)}

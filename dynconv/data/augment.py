@@ -22,17 +22,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fields import param
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    hflip: float = 0.5          # probability of a horizontal flip
-    vflip: float = 0.5          # probability of a vertical flip
-    rotation: float = 15.0      # rotation angle drawn from U(-rotation, +rotation) degrees
-    perspective: float = 0.2    # distortion scale: corners move inward by up to this fraction of half a side
-    perspective_p: float = 0.5  # probability of a perspective distortion
+    """The study's augmentations; the ``data.augment`` config section is derived from these fields."""
+
+    hflip: float = param(0.5, "probability of a horizontal flip", ge=0, le=1)
+    vflip: float = param(0.5, "probability of a vertical flip", ge=0, le=1)
+    rotation: float = param(15.0, "rotation angle drawn from U(-rotation, +rotation) degrees", ge=0, le=180)
+    perspective: float = param(0.2, "distortion scale: corners move inward by up to this fraction of half a side",
+                               ge=0, le=1)
+    perspective_p: float = param(0.5, "probability of a perspective distortion", ge=0, le=1)
 
     @property
     def is_identity(self) -> bool:

@@ -4,20 +4,69 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.operation import Operation
+import torch
 
-from ..errors import DynconvError
-from .augment import SampleAugment, pixel_maps
-from .folder import FolderIndex, is_array_file, load_rgb, load_sample, square_resize
+# importing ffcv runs Compiler.set_num_threads(1), which also sets torch's intra-op threads to 1: CPU training
+# in this process would use one core. Note the count first (unless ffcv is already imported) and put it back.
+_TORCH_THREADS = None if "ffcv.pipeline.compiler" in sys.modules else torch.get_num_threads()
+
+from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
+from ffcv.pipeline.operation import Operation  # noqa: E402
+
+from ..choices import BETON_STORES, check_choice  # noqa: E402
+from ..errors import DynconvError  # noqa: E402
+from .augment import SampleAugment, pixel_maps  # noqa: E402
+from .folder import FolderIndex, is_array_file, load_rgb, load_sample, square_resize  # noqa: E402
+from .stats import BETON_SAMPLES, channel_stats  # noqa: E402
 
 BETON_FIELDS = ("image", "label")
+
+
+def _keep_torch_threads() -> None:
+    """FFCV sizes its numba thread pool with ``Compiler.set_num_threads(num_workers)``, which also calls
+    ``torch.set_num_threads`` — once to 1 when ffcv is imported, then at the start of every epoch from its loader
+    thread — and so caps the training process's own intra-op threads at ``data.num_workers`` on a many-core
+    node (at 1 before the first epoch). Let it set numba's pool only, and undo the import's reset."""
+    import numba
+    from ffcv.pipeline.compiler import Compiler
+
+    def set_num_threads(cls, n):
+        n = n if n >= 1 else os.cpu_count() or 1
+        cls.num_threads = n
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+    Compiler.set_num_threads = classmethod(set_num_threads)
+    if _TORCH_THREADS is not None:
+        torch.set_num_threads(_TORCH_THREADS)
+
+
+_keep_torch_threads()
+
+
+def numba_finalizer_filter(previous):
+    """An ``unraisablehook``: numba's dispatcher finaliser raises KeyError when the pipelines FFCV compiled are
+    collected (at exit, or between runs in one process), one "Exception ignored in: <finalize object ...>"
+    traceback each. Drop exactly those; every other unraisable exception goes to ``previous``."""
+    def hook(unraisable):
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+        if unraisable.exc_type is KeyError and where.endswith(os.path.join("numba", "core", "dispatcher.py")):
+            return
+        previous(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = numba_finalizer_filter(sys.unraisablehook)
 
 
 class _FolderForWriter:
@@ -28,8 +77,9 @@ class _FolderForWriter:
     since the scan) never raises here: it is recorded in ``failed`` (shared with the worker processes) and
     stands in as a black placeholder; ``write_beton`` then discards the whole file."""
 
-    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool, channels: int):
+    def __init__(self, index: FolderIndex, max_side: int | None, arrays: bool, channels: int, square: bool = False):
         self.index, self.max_side, self.arrays, self.channels = index, max_side, arrays, channels
+        self.square = square  # RGB images too: centre-crop and resize to max_side x max_side, as the folder path
         self.failed = multiprocessing.Value("q", -1)  # index of the first unreadable sample
 
     def __len__(self) -> int:
@@ -39,10 +89,16 @@ class _FolderForWriter:
         path = self.index.samples[i][0]
         if self.arrays:
             return square_resize(load_sample(path), self.max_side).numpy()
+        if self.square:
+            return np.ascontiguousarray(square_resize(load_sample(path), self.max_side).permute(1, 2, 0).numpy())
         img = load_rgb(path)
         if self.max_side and max(img.size) > self.max_side:
             img.thumbnail((self.max_side, self.max_side))
         return np.asarray(img)
+
+    def load_chw(self, i: int) -> np.ndarray:
+        x = self.load(i)
+        return x if self.arrays else x.transpose(2, 0, 1)
 
     def __getitem__(self, i: int):
         try:
@@ -73,8 +129,18 @@ def sidecar_path(beton: Path) -> Path:
 
 
 def write_beton(index: FolderIndex, out: str | Path, max_side: int = 256, jpeg_quality: int = 90,
-                num_workers: int = 2) -> Path:
+                num_workers: int = 2, size: int | None = None, store: str = "jpg") -> Path:
     """Write ``index`` to ``out`` (a ``.beton``) plus ``out.json`` with class names and counts.
+
+    RGB images are stored as JPEG (``store="jpg"``, at ``jpeg_quality``) or as raw pixels (``"raw"``),
+    at most ``max_side`` on their long side; with ``size`` every image is first centre-cropped and resized
+    to ``size``×``size`` exactly as the image-folder loader does (``square_resize``), so that training or
+    evaluating at ``data.image_size=size`` from the ``.beton`` sees the folder path's pixels — identical
+    with ``store="raw"``, up to the JPEG re-encoding with ``"jpg"``.
+
+    The sidecar also holds the per-channel mean and std of the stored pixels (0..1; of at most
+    :data:`~dynconv.data.stats.BETON_SAMPLES` evenly spaced images, before JPEG encoding), which
+    ``data.mean=auto``/``data.std=auto`` normalise with.
 
     FFCV shows its own progress bar. The file is written under a temporary name and renamed into
     place when complete, so a failed conversion never leaves a half file under ``out``.
@@ -98,18 +164,22 @@ def write_beton(index: FolderIndex, out: str | Path, max_side: int = 256, jpeg_q
                                "give every array the same channels")
         image_field = NDArrayField(np.dtype("uint8"), (channels, max_side, max_side))
     else:
-        image_field = RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=jpeg_quality)
+        check_choice(store, BETON_STORES, "image store")
+        image_field = RGBImageField(write_mode=store, max_resolution=size or max_side, jpeg_quality=jpeg_quality)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fields = {"image": image_field, "label": IntField()}
-    source = _FolderForWriter(index, max_side, arrays, channels)
+    source = _FolderForWriter(index, size or max_side, arrays, channels, square=bool(size))
     try:
         DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(source)
         source.check()
+        mean, std = channel_stats(len(source), source.load_chw, BETON_SAMPLES)  # for data.mean/std=auto
         meta = {"classes": index.classes, "num_samples": len(index.samples), "source": str(index.root),
+                "mean": mean, "std": std, "stats_images": min(len(source), BETON_SAMPLES),
                 "fields": list(BETON_FIELDS), "skipped": len(index.skipped),
                 "image_kind": "ndarray" if arrays else "rgb", "channels": channels,
-                "size": max_side if arrays else None}
+                "size": (size or max_side) if arrays or size else None,
+                "store": "ndarray" if arrays else store, "jpeg_quality": None if arrays or store == "raw" else jpeg_quality}
         side_tmp = sidecar_path(tmp)
         side_tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, out)
@@ -187,12 +257,14 @@ class LoaderAugment(Operation):
 
 def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, shuffle: bool,
                 seed: int, drop_last: bool, os_cache: bool = True, quasi_random: bool = False,
-                distributed: bool = False, arrays: bool = False, augment: SampleAugment | None = None):
+                distributed: bool = False, arrays: bool = False, augment: SampleAugment | None = None,
+                decoder: str = "center_crop"):
     """An FFCV ``Loader`` yielding ``(uint8 NCHW images, labels)`` on the CPU. RGB images are decoded and
     resized by FFCV; N-channel arrays come back at their stored size (the caller resizes). With
     ``augment`` the images are augmented in the pipeline; the loader's ``augment_op.set_epoch(epoch,
     enabled)`` says which epoch's draws to use."""
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder
+    from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder,
+                                      RandomResizedCropRGBImageDecoder)
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
@@ -204,8 +276,9 @@ def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, 
         raise DynconvError(f"{path} is not a readable FFCV .beton file ({e.__class__.__name__}): re-create it with 'dynconv convert'") from None
     if not set(BETON_FIELDS) <= names:
         raise DynconvError(f"{path} has fields {sorted(names)}, expected {list(BETON_FIELDS)}: re-create it with 'dynconv convert'")
-    image = ([NDArrayDecoder(), ToTensor()] if arrays else
-             [CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0), ToTensor(), ToTorchImage()])
+    decode = (RandomResizedCropRGBImageDecoder((image_size, image_size)) if decoder == "random_resized_crop" else
+              CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0))  # RRC: FFCV's ImageNet recipe's
+    image = [NDArrayDecoder(), ToTensor()] if arrays else [decode, ToTensor(), ToTorchImage()]
     op = None
     if augment is not None:
         op = LoaderAugment(augment, num_workers, channels_first=arrays)

@@ -7,18 +7,20 @@ the CPU; normalisation runs afterwards on the training device, augmentation eith
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 
+from ..batching import check_global_batch
+from ..choices import DATA_BACKENDS, DECODERS, check_choice
 from ..errors import DynconvError
+from ..extras import require
 from .augment import AugmentParams, SampleAugment
 from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_resize
+from .stats import FOLDER_SAMPLES, folder_stats
 
-BACKENDS = ("auto", "ffcv", "torchvision")
 LOADER_TIMEOUT_S = 600  # a worker that produces nothing for this long is an error, never a silent hang
 
 
@@ -40,40 +42,59 @@ def _stop_workers(it) -> None:
             signal.signal(signal.SIGCHLD, previous)
 
 
-@dataclass
 class DataSource:
-    """Batches plus what callers need to know about them."""
+    """Batches of ``(uint8 NCHW images, int64 labels)`` on the CPU plus what callers need to know about them.
+    The base serves any iterable of batches (in memory, in tests); :class:`FolderSource` and
+    :class:`FfcvSource` are the two loaders."""
 
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    classes: list[str] | None
-    num_samples: int
-    backend: str
-    num_channels: int = 3
-    skipped: int = 0
-    image_size: int | None = None  # resize batches to this size when the stored size differs (arrays)
-    _sampler_gen: torch.Generator | None = None
-    _seed: int = 0
-    _set_augment_epoch: Callable[[int, bool], None] | None = None  # loader-side augmentation, if any
+    backend = "memory"
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: list[str] | None,
+                 num_samples: int, backend: str | None = None, num_channels: int = 3, skipped: int = 0):
+        self.batches, self.classes, self.num_samples = batches, classes, num_samples
+        self.backend = backend or self.backend
+        self.num_channels, self.skipped = num_channels, skipped
 
     def epoch(self, epoch: int, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate one epoch; shuffling depends only on (seed, epoch), loader-side augmentation (if the
         source has it and ``augment``) only on (seed, epoch, sample index). Batches stay valid after the
         next one is drawn (callers may keep them)."""
-        if self._sampler_gen is not None:
-            self._sampler_gen.manual_seed(self._seed + epoch)
-        if self._set_augment_epoch is not None:
-            self._set_augment_epoch(epoch, augment)
-        if hasattr(self.batches, "next_epoch"):  # FFCV: its random order is seeded by (seed, epoch)
-            self.batches.next_epoch = epoch
-        copy = self.backend == "ffcv"  # FFCV's batches are views of buffers it refills a few batches later
+        self._start_epoch(epoch, augment)
+        for x, y in self._iterate():
+            yield x, y.view(-1).to(torch.long)
+
+    def _start_epoch(self, epoch: int, augment: bool) -> None:
+        """Seed this epoch's order and augmentation."""
+
+    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
+class FolderSource(DataSource):
+    """An ImageFolder through a torch ``DataLoader`` (PIL decoding in worker processes). A worker that dies
+    (killed, out of memory) is a one-line error, never a hang."""
+
+    backend = "torchvision"
+
+    def __init__(self, loader: DataLoader, classes: list[str], num_samples: int, num_channels: int, skipped: int,
+                 generator: torch.Generator | None = None, seed: int = 0,
+                 set_augment_epoch: Callable[[int, bool], None] | None = None):
+        super().__init__(loader, classes, num_samples, num_channels=num_channels, skipped=skipped)
+        self.generator, self.seed, self.set_augment_epoch = generator, seed, set_augment_epoch
+
+    def _start_epoch(self, epoch: int, augment: bool) -> None:
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed + epoch)
+        if self.set_augment_epoch is not None:
+            self.set_augment_epoch(epoch, augment)
+
+    def _iterate(self):
         it = iter(self.batches)
         try:
-            for x, y in it:
-                if self.image_size and x.shape[-1] != self.image_size:
-                    x = square_resize(x, self.image_size)
-                elif copy:
-                    x = x.clone()
-                yield x, y.view(-1).to(torch.long, copy=copy)
+            yield from it
         except (RuntimeError, EOFError, ConnectionError) as e:
             # torch reports a dead worker (killed, out of memory) as RuntimeError; one that dies while handing
             # a batch over breaks the connection that shares the batch's memory (EOFError, ConnectionError)
@@ -85,8 +106,30 @@ class DataSource:
             raise DynconvError(f"a data-loader worker died ({what}): check memory "
                                "(lower data.num_workers or train.batch_size) and the data files") from None
 
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
+
+class FfcvSource(DataSource):
+    """An FFCV ``.beton`` through FFCV's ``Loader``. FFCV hands out views of buffers it refills a few batches
+    later, so batches are copied; N-channel arrays come back at their stored size and are resized here."""
+
+    backend = "ffcv"
+
+    def __init__(self, loader, classes: list[str] | None, num_samples: int, num_channels: int, skipped: int,
+                 resize_to: int | None = None, set_augment_epoch: Callable[[int, bool], None] | None = None):
+        super().__init__(loader, classes, num_samples, num_channels=num_channels, skipped=skipped)
+        self.resize_to, self.set_augment_epoch = resize_to, set_augment_epoch
+
+    def _start_epoch(self, epoch: int, augment: bool) -> None:
+        if self.set_augment_epoch is not None:
+            self.set_augment_epoch(epoch, augment)
+        self.batches.next_epoch = epoch  # its random order is seeded by (seed, epoch)
+
+    def _iterate(self):
+        for x, y in self.batches:
+            if self.resize_to and x.shape[-1] != self.resize_to:
+                x = square_resize(x, self.resize_to)
+            else:
+                x = x.clone()
+            yield x, y.clone()
 
 
 class ShardedBatchSampler(Sampler):
@@ -96,8 +139,7 @@ class ShardedBatchSampler(Sampler):
 
     def __init__(self, n: int, global_batch: int, rank: int, world: int, generator: torch.Generator,
                  drop_last: bool):
-        if global_batch % world:
-            raise DynconvError(f"train.batch_size={global_batch} must be divisible by the {world} processes")
+        check_global_batch(global_batch, world, 1)
         self.n, self.batch, self.rank, self.world, self.gen = n, global_batch, rank, world, generator
         self.drop_last = drop_last and n >= global_batch
 
@@ -135,10 +177,31 @@ class EpochTagged(Sampler):
             yield [(i, e) for i in item] if isinstance(item, list) else (item, e)
 
 
+def check_beton_exists(path: Path) -> None:
+    if not path.is_file():
+        raise DynconvError(f"data file {path} does not exist: create it with 'dynconv convert IMAGE_FOLDER {path}'")
+
+
+def training_set_stats(path: str | Path, image_size: int) -> tuple[list[float], list[float], str]:
+    """``data.mean/std=auto``: (mean, std, where they come from) of a ``.beton`` (recorded by ``dynconv
+    convert`` in its sidecar) or of an image folder (measured now, at ``image_size``)."""
+    path = Path(path)
+    if path.suffix != ".beton":
+        return (*folder_stats(path, image_size), f"of up to {FOLDER_SAMPLES} training images")
+    check_beton_exists(path)
+    meta = require("ffcv", "dynconv.data.ffcv_io").read_beton_meta(path)
+    if "mean" not in meta:
+        raise DynconvError(f"{path} records no channel statistics for data.mean/std=auto (converted by an older "
+                           "dynconv, or its .json sidecar is missing): run 'dynconv convert' again, or set "
+                           "data.mean and data.std")
+    return meta["mean"], meta["std"], f"recorded by 'dynconv convert' from {meta.get('stats_images')} images"
+
+
 def build_source(path: str | Path, *, image_size: int, batch_size: int, num_workers: int = 2,
                  train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False,
                  os_cache: bool = True, order: str = "random", drop_last: bool = True,
-                 rank: int = 0, world: int = 1, augment: AugmentParams | None = None) -> DataSource:
+                 rank: int = 0, world: int = 1, augment: AugmentParams | None = None,
+                 decoder: str = "center_crop") -> DataSource:
     """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files.
 
     Training sources shuffle (``order``: ``random``, or FFCV's ``quasi_random`` for datasets larger than
@@ -148,15 +211,13 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
     distributed = train and world > 1
     sample_aug = SampleAugment(augment, seed) if train and augment is not None and not augment.is_identity else None
     path = Path(path)
-    if backend not in BACKENDS:
-        raise DynconvError(f"unknown data backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_choice(backend, DATA_BACKENDS, "data backend")
     is_beton = path.suffix == ".beton"
     if is_beton:
-        if not path.is_file():
-            raise DynconvError(f"data file {path} does not exist: create it with 'dynconv convert IMAGE_FOLDER {path}'")
+        check_beton_exists(path)
         if backend == "torchvision":
             raise DynconvError(f"{path} is an FFCV file: use data.backend=ffcv (or auto), or point at the image folder")
-        from . import ffcv_io
+        ffcv_io = require("ffcv", "dynconv.data.ffcv_io")
 
         meta = ffcv_io.read_beton_meta(path)
         arrays = meta.get("image_kind") == "ndarray"
@@ -164,10 +225,13 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
         loader = ffcv_io.ffcv_loader(path, image_size, per_rank, num_workers, shuffle=train, seed=seed,
                                      drop_last=train and drop_last, os_cache=os_cache,
                                      quasi_random=order == "quasi_random", distributed=distributed, arrays=arrays,
-                                     augment=sample_aug)
-        return DataSource(loader, meta.get("classes"), int(loader.reader.num_samples), "ffcv",
-                          int(meta.get("channels", 3)), meta.get("skipped", 0), image_size if arrays else None,
-                          _set_augment_epoch=loader.augment_op.set_epoch if sample_aug else None)
+                                     augment=sample_aug, decoder=decoder if train else "center_crop")
+        return FfcvSource(loader, meta.get("classes"), int(loader.reader.num_samples), int(meta.get("channels", 3)),
+                          meta.get("skipped", 0), image_size if arrays else None,
+                          loader.augment_op.set_epoch if sample_aug else None)
+    if train and check_choice(decoder, DECODERS, "decoder") != "center_crop":
+        raise DynconvError(f"data.decoder={decoder} is FFCV's: convert {path} to a .beton, or use "
+                           "data.decoder=center_crop")
     if backend == "ffcv":
         raise DynconvError(f"{path} is not a .beton file: convert it with 'dynconv convert {path} OUT.beton' or use data.backend=auto")
     index = scan_image_folder(path, strict=strict)
@@ -183,5 +247,5 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                             drop_last=train and drop_last and len(dataset) >= batch_size,
                             persistent_workers=num_workers > 0, timeout=LOADER_TIMEOUT_S if num_workers else 0)
-    return DataSource(loader, index.classes, len(dataset), "torchvision", num_channels(index), len(index.skipped),
-                      None, gen, seed, sampler.set_epoch if sample_aug else None)
+    return FolderSource(loader, index.classes, len(dataset), num_channels(index), len(index.skipped), gen, seed,
+                        sampler.set_epoch if sample_aug else None)

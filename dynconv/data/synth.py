@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..choices import SYNTH_KINDS, check_choice
 from ..errors import DynconvError
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
@@ -78,10 +79,22 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(big.resize((size, size), Image.Resampling.BOX))
 
 
+def _kinds() -> dict:
+    """Synthetic data sets: (class names, renderer) by name (``choices.SYNTH_KINDS``)."""
+    from . import textures
+
+    kinds = {"shapes": (class_names, lambda k, size, rng, n: render(k, size, rng)),
+             "textures": (textures.class_names, textures.render)}
+    assert tuple(kinds) == SYNTH_KINDS
+    return kinds
+
+
 def write_dataset(out_dir: str | os.PathLike, num_classes: int = 10, train_per_class: int = 100,
                   val_per_class: int = 30, size: int = 64, seed: int = 0, overwrite: bool = False,
-                  progress=None) -> Path:
-    """Write ``out_dir/{train,val}/<class>/<i>.jpg``. Same arguments -> byte-identical files.
+                  progress=None, kind: str = "shapes") -> Path:
+    """Write ``out_dir/{train,val}/<class>/<i>.jpg`` of the synthetic set ``kind`` (``shapes``: colour +
+    shape, easy; ``textures``: oriented 1/f textures with photo-like channels, see ``textures.py``). Same
+    arguments -> byte-identical files.
 
     The dataset is built in a temporary sibling folder and renamed into place, so an interrupted run
     never leaves a half-written dataset under ``out_dir``.
@@ -93,7 +106,8 @@ def write_dataset(out_dir: str | os.PathLike, num_classes: int = 10, train_per_c
         raise DynconvError(f"{out} already exists and is not empty: choose another folder or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    names = class_names(num_classes)
+    names_of, draw = _kinds()[check_choice(kind, SYNTH_KINDS, "synthetic data set")]
+    names = names_of(num_classes)
     jobs = [(split_id, split, k, i) for split_id, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
             for k in range(num_classes) for i in range(n)]
     try:
@@ -101,7 +115,7 @@ def write_dataset(out_dir: str | os.PathLike, num_classes: int = 10, train_per_c
             rng = np.random.default_rng([seed, split_id, k, i])
             folder = tmp / split / names[k]
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(render(k, size, rng)).save(folder / f"{i:05d}.jpg", quality=95)
+            Image.fromarray(draw(k, size, rng, num_classes)).save(folder / f"{i:05d}.jpg", quality=95)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -6,8 +6,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-STEM_MODES = ("prefix", "slice", "template_mixing", "hypernet", "depthwise")
-
 
 def present_channels(x: torch.Tensor, channels: Sequence[int] | None, c_max: int, mode: str) -> list[int]:
     """Indices (into the layer's ``c_max`` channels) of the channels in ``x``.

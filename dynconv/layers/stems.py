@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import DynconvError
-from .dynamic_conv import STEM_MODES, DynamicConv2D
+from ..choices import STEM_MODES, STEM_PRESETS, check_choice
+from .dynamic_conv import DynamicConv2D
 from .generated_conv import DepthwiseStemConv2d, HyperNetConv2d, TemplateMixingConv2d
+from .target_conv import TargetConv2d
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,12 @@ class StemPreset:
 # study: the original study's dynamic ResNet18 stem. Its reported MACs (1,274,698,880 at 96 px, 26,543,104
 # = 64·49·92·92 fewer per dropped channel) imply a 7×7 conv with stride 1 and padding 1: (96 + 2 - 7) + 1
 # = 92, followed by the usual max-pool (46×46); see tests/test_models.py for the exact reconstruction.
-STEM_PRESETS = {"torchvision": StemPreset(7, 2, 3), "study": StemPreset(7, 1, 1)}
+STEM_GEOMETRY = {"torchvision": StemPreset(7, 2, 3), "study": StemPreset(7, 1, 1)}
+assert tuple(STEM_GEOMETRY) == STEM_PRESETS
 
 
 def stem_preset(name: str) -> StemPreset:
-    if name not in STEM_PRESETS:
-        raise DynconvError(f"unknown stem preset {name!r}: choose one of {', '.join(STEM_PRESETS)}")
-    return STEM_PRESETS[name]
+    return STEM_GEOMETRY[check_choice(name, STEM_PRESETS, "stem preset")]
 
 
 def create_stem(mode: str | None, in_chans: int, out_chans: int, preset: str = "torchvision",
@@ -45,7 +45,9 @@ def create_stem(mode: str | None, in_chans: int, out_chans: int, preset: str = "
         return HyperNetConv2d(in_chans, out_chans, **geometry)
     elif mode == "depthwise":
         return DepthwiseStemConv2d(in_chans, out_chans, **geometry)
+    elif mode == "target":
+        return TargetConv2d(in_chans, out_chans, **geometry)
     else:
-        raise DynconvError(f"unknown stem mode {mode!r}: choose one of {', '.join(STEM_MODES)}")
+        check_choice(mode, STEM_MODES, "stem mode")
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv

@@ -24,8 +24,6 @@ from torch import nn
 
 from ..channels import Subset, all_subsets
 
-NORM_MODES = ("shared", "recalibrate", "switchable", "group")
-
 
 def nearest_subset(target: Subset, candidates: list[Subset]) -> Subset:
     """The candidate sharing most channels with ``target`` (ties: fewest extra channels, then order)."""

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ..channels import all_subsets
+from ..choices import NORM_MODES, check_choice
 from ..errors import DynconvError
-from ..layers.subset_norm import NORM_MODES, convert_norm, subset_norms
+from ..layers.subset_norm import convert_norm, subset_norms
 
 
 class SubsetModel(nn.Module):
@@ -25,8 +26,7 @@ class SubsetModel(nn.Module):
         raise NotImplementedError
 
     def setup_norm(self, norm: str, switchable_stages: int | None = None, switchable_affine: bool = False) -> None:
-        if norm not in NORM_MODES:
-            raise DynconvError(f"unknown norm {norm!r}: choose one of {', '.join(NORM_MODES)}")
+        check_choice(norm, NORM_MODES, "norm")
         prefixes = None
         if norm == "switchable" and switchable_stages is not None:
             stages = self.norm_stages()

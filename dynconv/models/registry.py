@@ -23,6 +23,13 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword arguments the builder of model ``name`` takes."""
+    if name not in _MODELS:
+        raise DynconvError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    return list(inspect.signature(_MODELS[name]).parameters)
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; keyword arguments that are ``None`` are dropped (builder defaults)."""
     if name not in _MODELS:

@@ -44,16 +44,27 @@ class ResNet(SubsetModel):
 # γ/β are per subset (``switchable_affine``).
 
 
+def _plain(arch: str, num_classes: int, in_chans: int, stem: str, norm: str, switchable_stages: int | None,
+           switchable_affine: bool, fill_rescale: bool) -> nn.Module:
+    model = ResNet(arch, num_classes, in_chans, None, stem, False, norm, switchable_stages, switchable_affine)
+    model.fill_rescale = fill_rescale
+    return model
+
+
 @register_model
 def resnet18(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision", norm: str = "shared",
-             switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
-    return ResNet("resnet18", num_classes, in_chans, None, stem, False, norm, switchable_stages, switchable_affine)
+             switchable_stages: int | None = None, switchable_affine: bool = False,
+             fill_rescale: bool = False) -> nn.Module:
+    """Plain ResNet18: a channel subset is the full input with the absent channels zero-filled (and, with
+    ``fill_rescale``, the present ones scaled by C/k)."""
+    return _plain("resnet18", num_classes, in_chans, stem, norm, switchable_stages, switchable_affine, fill_rescale)
 
 
 @register_model
 def resnet34(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvision", norm: str = "shared",
-             switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
-    return ResNet("resnet34", num_classes, in_chans, None, stem, False, norm, switchable_stages, switchable_affine)
+             switchable_stages: int | None = None, switchable_affine: bool = False,
+             fill_rescale: bool = False) -> nn.Module:
+    return _plain("resnet34", num_classes, in_chans, stem, norm, switchable_stages, switchable_affine, fill_rescale)
 
 
 @register_model

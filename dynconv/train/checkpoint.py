@@ -31,12 +31,23 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a dynconv checkpoint without executing any pickled code (``weights_only=True``)."""
     path = Path(path)
+    if path.is_dir():
+        inside = next((p for p in (path / "model.pt", path / "checkpoints") if p.exists()), None)
+        hint = f"e.g. {path / 'model.pt'}" if inside is not None else "run.dir/model.pt"
+        raise DynconvError(f"checkpoint {path} is a folder, not a checkpoint file: pass a file written by "
+                           f"'dynconv train', {hint} (a DeepSpeed checkpoint folder: 'dynconv export' it first)")
     if not path.is_file():
         raise DynconvError(f"checkpoint {path} does not exist: pass a file written by 'dynconv train' (run.dir/model.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise DynconvError(f"{path} is not a loadable dynconv checkpoint ({str(e).splitlines()[0][:120]})") from None
+    except pickle.UnpicklingError:  # a pickle that would run code, or a class outside plain tensors and data
+        raise DynconvError(f"{path} is not a loadable dynconv checkpoint (it holds objects other than tensors and "
+                           "plain data; dynconv refuses to unpickle them)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
+        what = f"a {path.suffix} file" if path.suffix.lower() in (".yaml", ".yml", ".json", ".md", ".txt") else \
+            "not a PyTorch file, or cut short"
+        raise DynconvError(f"{path} is not a loadable dynconv checkpoint ({what}): pass a file written by 'dynconv "
+                           "train', such as run.dir/model.pt") from None
     manifest = ckpt.get("dynconv") if isinstance(ckpt, dict) else None
     if not isinstance(manifest, dict):
         raise DynconvError(f"{path} is not a dynconv checkpoint (no 'dynconv' manifest): pass a file written by 'dynconv train'")

@@ -1,21 +1,92 @@
-"""Trainer events. Subclass :class:`Hook` and override what you need (e.g. the MLflow adapter)."""
+"""Trainer events: the one way to extend ``fit`` (as Composer's callbacks or Lightning's hooks).
+
+Subclass :class:`Hook` and override what you need. MLflow tracking, Ray Tune reporting, Slurm pre-emption,
+per-subset BatchNorm calibration and the final evaluation are each one hook; the trainer itself owns no
+tracker and no run status. Events, in the order they happen:
+
+* ``on_fit_start(info)`` — main process;
+* ``should_stop()`` — every process, before every optimiser step; true on any process: every process writes a
+  mid-epoch checkpoint at the same step and ``fit`` raises :class:`TrainingPreempted`;
+* ``before_validation(module, epoch)`` — every process (collectives allowed), before each epoch's validation;
+  metrics it returns join the epoch's;
+* ``on_epoch_end(epoch, metrics, checkpoint)`` — main process, after the epoch's checkpoint is on disk;
+* ``before_final(module)`` — every process, after the last epoch and before ``model.pt`` is written;
+* ``on_fit_end(result)`` — main process; hooks may add to ``result`` (the final evaluation puts its report
+  there for the hooks after it);
+* ``on_exception(exc)`` — main process, when ``fit`` ends with an exception (re-raised afterwards).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from torch import nn
+
+from ..errors import DynconvError
+
+
+class TrainingPreempted(Exception):
+    """A hook's ``should_stop`` turned true (e.g. Slurm's pre-emption signal): training stopped at a step
+    boundary after writing a mid-epoch checkpoint, so ``train.resume=auto`` continues exactly there."""
+
+    def __init__(self, epoch: int, step: int, checkpoint: Path | None):
+        super().__init__(f"stopped on request at epoch {epoch} step {step}; checkpoint {checkpoint}")
+        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
+
+
+class StoppedEarly(SystemExit):
+    """A hook ended training on purpose before the last epoch (a sweep scheduler stopped the trial): not a
+    failure. A ``SystemExit`` with code 0, which is how Ray Tune ends a stopped trial's thread."""
+
+    def __init__(self, reason: str):
+        super().__init__(0)
+        self.reason = reason
+
+
+class TrainingDiverged(DynconvError):
+    """The loss became NaN/Inf more often than ``max_bad_steps`` allows."""
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` hands to ``on_fit_end`` and returns."""
+
+    final_checkpoint: Path          # run_dir/model.pt: plain fp32 weights
+    module: nn.Module               # the trained model (full weights)
+    epochs: int
+    last_metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+    report: dict | None = None      # the final per-subset evaluation, once a hook has made it
+    files: list[Path] = field(default_factory=list)  # report files written by hooks (logged as artifacts)
 
 
 class Hook:
-    """One no-op method per event; the trainer calls them on the process that owns the run."""
+    """One no-op method per event (see the module docstring for when each runs)."""
 
     def on_fit_start(self, info: dict) -> None:
-        """``info``: model name, parameter count, dataset sizes, start epoch."""
+        """``info``: parameter count, dataset sizes, start epoch."""
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """``metrics``: ``train_loss``, ``train_acc``, ``val_acc``, ``lr``, with progressive resizing
-        ``train_res`` (epochs count from 1)."""
+    def should_stop(self) -> bool:
+        return False
 
-    def on_checkpoint(self, path: Path, epoch: int) -> None:
-        """A checkpoint for ``epoch`` is complete on disk at ``path`` (a file, or a DeepSpeed folder)."""
+    def before_validation(self, module: nn.Module, epoch: int) -> dict[str, float] | None:
+        """Every process: e.g. re-estimate per-subset normalisation statistics; metrics returned (the main
+        process's) join the epoch's."""
 
-    def on_fit_end(self, final_checkpoint: Path) -> None:
-        """Training finished; ``final_checkpoint`` holds the final weights."""
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        """``metrics``: ``train_loss``, ``train_acc``, ``val_acc``, ``lr``, per-subset ``val_acc_<subset>``
+        when configured, ``train_res`` with progressive resizing; epochs count from 1. ``checkpoint``: the
+        epoch's checkpoint (a file, or a DeepSpeed folder)."""
+
+    def before_final(self, module: nn.Module) -> None:
+        """Every process, before ``model.pt`` is written."""
+
+    def on_fit_end(self, result: FitResult) -> None:
+        """Training finished; ``result.final_checkpoint`` holds the final weights."""
+
+    def on_exception(self, exc: BaseException) -> None:
+        """``fit`` is ending with ``exc`` (pre-emption, an early stop, an error, an interrupt)."""
+
+
+def overrides(hook: Hook, event: str) -> bool:
+    """Whether ``hook`` implements ``event`` (the trainer skips per-step collectives nobody listens to)."""
+    return getattr(type(hook), event) is not getattr(Hook, event)

@@ -2,6 +2,7 @@
 resizing, per-epoch validation, atomic checkpoints, hooks."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,27 +14,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..channel_select import forward_subset
+from ..channels import Subset
 from ..data.loaders import DataSource
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
+from ..evaluate import subset_accuracies
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .distributed import all_reduce_sum, any_rank, barrier, unwrap
-from .hooks import Hook
+from .ema import WeightEMA
+from .hooks import FitResult, Hook, TrainingDiverged, TrainingPreempted, overrides
 from .resize import resize_batch
-from .strategy import Strategy
+from .strategies import Strategy
 
-
-class TrainingDiverged(DynconvError):
-    """The loss became NaN/Inf more often than ``max_bad_steps`` allows."""
-
-
-class TrainingPreempted(Exception):
-    """``FitSpec.stop_requested`` turned true (e.g. Slurm's pre-emption signal): training stopped at a step
-    boundary after writing a mid-epoch checkpoint, so ``train.resume=auto`` continues exactly there."""
-
-    def __init__(self, epoch: int, step: int, checkpoint: Path | None):
-        super().__init__(f"stopped on request at epoch {epoch} step {step}; checkpoint {checkpoint}")
-        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
+log = logging.getLogger("dynconv")
 
 
 @dataclass
@@ -54,11 +47,14 @@ class FitSpec:
     channels_last: bool = False  # inputs in channels_last (the strategy converts the model)
     resolution: Callable[[int], int] | None = None  # epoch -> training resolution (progressive resizing)
     hooks: Sequence[Hook] = field(default_factory=tuple)
-    log: Callable[[str], None] = print
-    # extra per-epoch validation metrics, e.g. per-subset accuracy ({"acc_RG": ..., "worst_subset_acc": ...})
-    epoch_eval: Callable[[nn.Module], dict[str, float]] | None = None
-    # polled before every optimiser step (all processes agree); True -> checkpoint and raise TrainingPreempted
-    stop_requested: Callable[[], bool] | None = None
+    val_subsets: Sequence[Subset] = ()  # also score these subsets every epoch (val_acc_<subset>, mean, worst)
+    teacher: nn.Module | None = None  # distillation: it sees the full input, the student the subset
+    distill_alpha: float = 0.5        # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
+    distill_temperature: float = 2.0
+    ema: WeightEMA | None = None      # an average of the weights, updated after every optimiser step
+    ship_ema: bool = False            # evaluate the average and write it as model.pt
+    channels: str = "RGB"        # the dataset's channel names (for the per-subset metric names)
+    log_every_steps: int = 0     # a progress line (step, loss, images/s, time left) every N steps; 0: none
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
 
@@ -66,6 +62,13 @@ def _diverged(spec: FitSpec, what: str) -> None:
     raise TrainingDiverged(f"training stopped: {what}, {max(1, spec.bad_steps)} non-finite step(s) in all; "
                            f"checkpoints in {spec.run_dir / 'checkpoints'} are intact: lower train.lr, or allow "
                            "skipping with train.max_bad_steps")
+
+
+def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), per image."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                    reduction="batchmean") * t * t
 
 
 def _groups(batches: Iterator, k: int) -> Iterator[tuple]:
@@ -101,12 +104,14 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
         return {"loss_sum": t[0], "correct": t[1], "seen": t[2]}
 
     bar = tqdm(source.epoch(epoch), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
-               disable=None, unit="batch")
+               disable=None if strategy.is_main else True, unit="batch")
     batches = iter(bar)
+    stoppers = [h for h in spec.hooks if overrides(h, "should_stop")]  # the same hooks on every process
+    t_start = time.perf_counter()
     for step, group in enumerate(_groups(batches, k)):
         if step < start_step:
             continue
-        if spec.stop_requested is not None and any_rank(spec.stop_requested(), spec.device):
+        if stoppers and any_rank(any(h.should_stop() for h in stoppers), spec.device):
             raise TrainingPreempted(epoch, step, on_step(step, totals()) if on_step is not None else None)
         subset = spec.dropout(epoch, step)
         for j, (images, labels) in enumerate(group):
@@ -119,7 +124,13 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
             with strategy.micro_step(final=j == k - 1):
                 with strategy.autocast():
                     logits = forward_subset(model, x, subset)
+                    if spec.teacher is not None:
+                        with torch.no_grad():
+                            target = spec.teacher(x)  # every channel
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
+                if spec.teacher is not None:
+                    loss = (1 - spec.distill_alpha) * loss + spec.distill_alpha * distillation(
+                        logits.float(), target.float(), spec.distill_temperature)
                 # Checking the loss needs a host sync. Where skipping is allowed, or on the CPU (where a sync
                 # is free), check every micro-batch (all processes decide together); otherwise accumulate
                 # and check at the periodic loss read-out below.
@@ -128,8 +139,9 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
                     where = f"epoch {epoch} step {step} (channels {subset}, {y.shape[0]} images)"
                     if spec.bad_steps > spec.max_bad_steps:
                         _diverged(spec, f"the loss was {loss.item()} at {where}")
-                    spec.log(f"skipped a non-finite loss ({loss.item()}) at {where} "
-                             f"[{spec.bad_steps}/{spec.max_bad_steps}]")
+                    if strategy.is_main:
+                        log.info(f"skipped a non-finite loss ({loss.item()}) at {where} "
+                                 f"[{spec.bad_steps}/{spec.max_bad_steps}]")
                     strategy.discard(j)
                     break
                 if not exact_check:
@@ -140,8 +152,16 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
             acc[2] += y.shape[0]
         else:
             strategy.step()
+            if spec.ema is not None:
+                spec.ema.update(strategy.module)
         if per_step:
             scheduler.step()
+        if spec.log_every_steps and strategy.is_main and (step + 1) % spec.log_every_steps == 0 and step + 1 < steps:
+            done = step + 1 - start_step
+            rate = done * len(labels) * k * strategy.dist.world / max(time.perf_counter() - t_start, 1e-9)
+            left = (steps - step - 1) * (time.perf_counter() - t_start) / max(done, 1)
+            log.info(f"  epoch {epoch}/{spec.epochs} step {step + 1}/{steps}  loss {loss.item():.4g}  "
+                     f"{rate:,.0f} img/s  {int(left) // 60}:{int(left) % 60:02d} left in the epoch")
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if not exact_check and nonfinite.item():
@@ -175,23 +195,51 @@ def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: 
     return correct / max(1, seen)
 
 
-def fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler, spec: FitSpec,
-        start_epoch: int = 0, before_final: Callable[[nn.Module], None] | None = None,
-        resume: dict | None = None) -> Path:
-    """Train epochs ``start_epoch+1 .. spec.epochs`` with a set-up ``strategy``; returns the final checkpoint
-    ``run_dir/model.pt`` (plain fp32 weights, whatever the strategy).
+def epoch_field(key: str, value: float) -> str:
+    """One ``key value`` of the epoch line: accuracies in percent, as every table and plot shows them."""
+    return f"{key} {100 * value:.2f}%" if "acc" in key else f"{key} {value:.4g}"
 
-    ``resume``: the client state of the checkpoint continued from (``step``, ``partial``, ``bad_steps``).
-    ``before_final(model)`` runs on every process after the last epoch and before the final checkpoint is
-    written (e.g. per-subset BatchNorm re-estimation)."""
-    hooks = spec.hooks if strategy.is_main else []
-    resume = resume or {}
+
+def validate(module: nn.Module, val: DataSource, spec: FitSpec) -> dict[str, float]:
+    """``val_acc`` (every channel) and, with ``spec.val_subsets``, ``val_acc_<subset>`` and their mean/worst."""
+    metrics = {"val_acc": accuracy(module, val, spec.eval_transform, spec.device)}
+    if spec.val_subsets:
+        metrics.update(subset_accuracies(module, val.epoch(0), spec.eval_transform, list(spec.val_subsets),
+                                         spec.channels, spec.device))
+    return metrics
+
+
+def shipped(live: nn.Module, spec: FitSpec) -> nn.Module:
+    """The model that is evaluated and written as ``model.pt``: the weight average, or the live weights."""
+    return spec.ema.module if spec.ema is not None and spec.ship_ema else live
+
+
+def fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler, spec: FitSpec,
+        start_epoch: int = 0, resume: dict | None = None) -> FitResult:
+    """Train epochs ``start_epoch+1 .. spec.epochs`` with a set-up ``strategy``, calling ``spec.hooks`` at
+    each event (``hooks.py``); returns the :class:`FitResult` (``run_dir/model.pt``: plain fp32 weights,
+    whatever the strategy). ``resume``: the client state of the checkpoint continued from (``step``,
+    ``partial``, ``bad_steps``)."""
+    hooks = list(spec.hooks)
+    main_hooks = hooks if strategy.is_main else []
+    try:
+        return _fit(strategy, train, val, scheduler, spec, start_epoch, resume or {}, hooks, main_hooks)
+    except BaseException as e:
+        for h in main_hooks:
+            h.on_exception(e)
+        raise
+
+
+def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler, spec: FitSpec, start_epoch: int,
+         resume: dict, hooks: list[Hook], main_hooks: list[Hook]) -> FitResult:
     spec.bad_steps = int(resume.get("bad_steps", spec.bad_steps))
     per_step = getattr(scheduler, "per_step", False)
 
     def save(epoch_done: int, epoch: int, step: int | None = None, partial: dict | None = None) -> Path | None:
         state = {"dynconv": spec.manifest, "scheduler": scheduler.state_dict(), "epoch": epoch_done,
                  "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state()}
+        if spec.ema is not None:
+            state["ema"] = spec.ema.state_dict()
         if step is not None:
             state.update(step=step, partial=partial)
         path = strategy.save(state, epoch_checkpoint(spec.run_dir, epoch, step))
@@ -199,9 +247,10 @@ def fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler
             prune_checkpoints(spec.run_dir, spec.keep_checkpoints)
         return path
 
-    for h in hooks:
+    for h in main_hooks:
         h.on_fit_start({"train_samples": train.num_samples, "val_samples": val.num_samples if val else 0,
                         "start_epoch": start_epoch, "params": sum(p.numel() for p in strategy.module.parameters())})
+    metrics: dict[str, float] = {}
     for epoch in range(start_epoch + 1, spec.epochs + 1):
         t0 = time.perf_counter()
         first = epoch == start_epoch + 1
@@ -212,25 +261,30 @@ def fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler
         metrics["lr"] = strategy.optimizer.param_groups[0]["lr"]
         if not per_step:
             scheduler.step()
-        module = strategy.eval_module()
+        live = strategy.eval_module()
+        module = shipped(live, spec)
+        for h in hooks:
+            metrics.update(h.before_validation(module, epoch) or {})
         if strategy.is_main:
             if val is not None:
-                metrics["val_acc"] = accuracy(module, val, spec.eval_transform, spec.device)
-            if spec.epoch_eval is not None:
-                metrics.update(spec.epoch_eval(module))
+                metrics.update(validate(module, val, spec))
+                if spec.ema is not None:  # the other of the two, on every channel
+                    other = live if module is spec.ema.module else spec.ema.module
+                    key = "val_acc_live" if other is live else "val_acc_ema"
+                    metrics[key] = accuracy(other, val, spec.eval_transform, spec.device)
             metrics["epoch_time_s"] = time.perf_counter() - t0
-            spec.log(f"epoch {epoch}/{spec.epochs}  " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            log.info(f"epoch {epoch}/{spec.epochs}  " + "  ".join(epoch_field(k, v) for k, v in metrics.items()))
         path = save(epoch, epoch)
-        for h in hooks:
-            h.on_epoch_end(epoch, metrics)
-            h.on_checkpoint(path, epoch)
-    module = strategy.eval_module()
-    if before_final is not None:
-        before_final(module)  # every process: calibration synchronises statistics across them
+        for h in main_hooks:
+            h.on_epoch_end(epoch, metrics, path)
+    module = shipped(strategy.eval_module(), spec)
+    for h in hooks:
+        h.before_final(module)  # every process: calibration synchronises statistics across them
     final = spec.run_dir / "model.pt"
+    result = FitResult(final, module, spec.epochs, metrics)
     if strategy.is_main:
         atomic_torch_save({"dynconv": spec.manifest, "model": module.state_dict(), "epoch": spec.epochs}, final)
-        for h in hooks:
-            h.on_fit_end(final)
+        for h in main_hooks:
+            h.on_fit_end(result)
     barrier()
-    return final
+    return result

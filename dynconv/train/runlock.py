@@ -1,10 +1,14 @@
-"""One training process per run folder: ``run.dir/.lock`` names its owner (pid, host, start time).
+"""One training process per run folder: an OS lock (``flock``) on ``run.dir/.lock``, which names its owner
+(pid, host, start time) for the error message.
 
-A second process pointed at the same folder refuses to start; a lock left by a process that no longer
-exists on this host (killed, crashed) is reclaimed with a warning.
+The kernel releases the lock when its holder exits in any way (SIGKILL, OOM killer, a crash), so nothing
+stale is ever mistaken for a live owner (a pid check cannot tell an unreaped zombie from a live process).
+A lock file left behind by a dead process is taken over, with a warning naming it. ``filelock`` is not used
+because it truncates the lock file on every attempt, which would erase the holder's identity.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -13,61 +17,58 @@ import warnings
 from pathlib import Path
 
 from ..errors import DynconvError
+from ..run_files import LOCK
 
-LOCK_NAME = ".lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+LOCK_NAME = LOCK
 
 
 class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_NAME
         self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(10):  # the file may be removed by its releasing holder between open and flock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._handle_existing()
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = self._read(fd)
+                os.close(fd)
+                raise DynconvError(f"run.dir {self.path.parent} is in use by process {other.get('pid')} on "
+                                   f"{other.get('host')} since {other.get('started')}: wait for it, or use another "
+                                   "run.dir") from None
+            if not self.path.exists() or os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)  # locked a file that was just removed: try the new one
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.owner, f)
+            previous = self._read(fd)
+            if previous.get("pid") not in (None, self.owner["pid"]):
+                warnings.warn(f"reclaiming stale lock {self.path} of process {previous.get('pid')} on "
+                              f"{previous.get('host')} (no longer running)", stacklevel=3)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(self.owner).encode(), 0)
+            self._fd = fd
             return self
-        raise DynconvError(f"could not take the lock {self.path}: another process keeps creating it")
+        raise DynconvError(f"could not take the lock {self.path}: other processes keep replacing it")
 
-    def _handle_existing(self) -> None:
+    @staticmethod
+    def _read(fd: int) -> dict:
         try:
-            other = json.loads(self.path.read_text())
+            data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
-            other = {}
-        pid, host = other.get("pid"), other.get("host")
-        if host == self.owner["host"] and isinstance(pid, int) and not _alive(pid):
-            warnings.warn(f"reclaiming stale lock {self.path} of process {pid} (no longer running)", stacklevel=3)
-            self.path.unlink(missing_ok=True)
-            return
-        if not other:  # unreadable: written by a process killed mid-write; it holds nothing
-            self.path.unlink(missing_ok=True)
-            return
-        raise DynconvError(f"run.dir {self.path.parent} is in use by process {pid} on {host} since "
-                           f"{other.get('started')}: wait for it, use another run.dir, or delete {self.path} "
-                           "if that process is gone")
+            return {}
 
     def release(self) -> None:
+        if self._fd is None:
+            return
         try:
-            if json.loads(self.path.read_text()).get("pid") == self.owner["pid"]:
-                self.path.unlink()
-        except (OSError, ValueError):
-            pass
+            self.path.unlink(missing_ok=True)  # while still holding the lock: a waiter re-checks the inode
+        finally:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -9,24 +9,24 @@ One training loop (``loop.py``) drives every strategy through the same small int
   step, partial accumulators, scheduler, RNG); ``eval_module()``: the plain model with full fp32 weights
   for validation, calibration and the final (consolidated) checkpoint.
 
-``single`` and ``ddp`` write one ``.pt`` file per checkpoint; ``deepspeed`` (``deepspeed_strategy.py``)
-writes DeepSpeed's own checkpoint folders.
+This module is the base (one process, plain PyTorch); it knows none of its subclasses. ``single`` and
+``ddp`` write one ``.pt`` file per checkpoint; ``deepspeed`` writes DeepSpeed's own checkpoint folders.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import DynconvError
-from .checkpoint import atomic_torch_save, load_checkpoint
-from .distributed import DistInfo
+from ...choices import PRECISIONS, check_choice
+from ...errors import DynconvError
+from ..checkpoint import atomic_torch_save, load_checkpoint
+from ..distributed import DistInfo
 
-STRATEGIES = ("single", "ddp", "deepspeed")
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert tuple(AMP_DTYPES) == PRECISIONS
 
 
 def prepare(model: nn.Module, channels_last: bool, compile: bool) -> None:
@@ -36,16 +36,6 @@ def prepare(model: nn.Module, channels_last: bool, compile: bool) -> None:
         model.compile()
 
 
-@dataclass(frozen=True)
-class DeepSpeedOptions:
-    """The ``deepspeed:`` config section; ``None`` means "the JSON file's value, else dynconv's default"."""
-
-    zero_stage: int | None = None         # default 2
-    offload_optimizer: str | None = None  # none | cpu
-    offload_param: str | None = None      # none | cpu (ZeRO-3)
-    config_file: str | None = None        # a DeepSpeed JSON merged with what dynconv derives
-
-
 class Strategy:
     """One process, plain PyTorch (the base of the others)."""
 
@@ -53,10 +43,12 @@ class Strategy:
     checkpoint_suffix = ".pt"  # DeepSpeed: "" (a folder)
 
     def __init__(self, device: torch.device, dist: DistInfo = DistInfo(), precision: str = "fp32",
-                 grad_accum_steps: int = 1, grad_clip: float = 0.0):
-        if precision not in AMP_DTYPES:
-            raise DynconvError(f"unknown precision {precision!r}: choose one of {', '.join(AMP_DTYPES)}")
-        self.device, self.dist, self.precision = device, dist, precision
+                 grad_accum_steps: int = 1, grad_clip: float = 0.0, global_batch: int | None = None,
+                 options=None):
+        """``options``: a strategy's own settings (DeepSpeed: :class:`DeepSpeedOptions`); none here."""
+        if options is not None:
+            raise DynconvError(f"train.strategy={self.name} takes no strategy options (they are for deepspeed)")
+        self.device, self.dist, self.precision = device, dist, check_choice(precision, PRECISIONS, "precision")
         self.grad_accum_steps, self.grad_clip = int(grad_accum_steps), float(grad_clip)
         self.model: nn.Module | None = None    # what the loop calls (a wrapper, or the module itself)
         self.module: nn.Module | None = None   # the plain model
@@ -141,35 +133,3 @@ class Strategy:
         """The plain model with its full fp32 weights, for validation, calibration and the final checkpoint
         (called on every process: DeepSpeed's ZeRO-3 gathers the weights collectively)."""
         return self.module
-
-
-class DDPStrategy(Strategy):
-    """``torch.nn.parallel.DistributedDataParallel``: gradients all-reduced in the last micro-step's backward."""
-
-    name = "ddp"
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def describe(self) -> str:
-        return f"data-parallel over {self.dist.world} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'})"
-
-    def micro_step(self, final: bool):
-        return nullcontext() if final else self.model.no_sync()
-
-
-def build_strategy(name: str, device: torch.device, dist: DistInfo = DistInfo(), *, precision: str = "fp32",
-                   grad_accum_steps: int = 1, grad_clip: float = 0.0, global_batch: int | None = None,
-                   deepspeed: DeepSpeedOptions | None = None) -> Strategy:
-    """``single``, ``ddp`` (needs a process group of 2+ processes) or ``deepspeed`` (any number)."""
-    common = dict(device=device, dist=dist, precision=precision, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip)
-    if name == "single":
-        return Strategy(**common)
-    if name == "ddp":
-        return DDPStrategy(**common)
-    if name == "deepspeed":
-        from .deepspeed_strategy import DeepSpeedStrategy
-
-        return DeepSpeedStrategy(**common, global_batch=global_batch, options=deepspeed or DeepSpeedOptions())
-    raise DynconvError(f"unknown training strategy {name!r}: choose one of {', '.join(STRATEGIES)}")

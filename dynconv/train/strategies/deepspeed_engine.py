@@ -19,18 +19,36 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..errors import DynconvError
-from ..fileio import atomic_write_text
-from .checkpoint import DS_SIDECAR, FORMAT_VERSION, read_deepspeed_sidecar, remove_checkpoint
-from .distributed import barrier
-from .strategy import DeepSpeedOptions, Strategy, prepare
+from ...batching import check_global_batch
+from ...choices import OFFLOAD_DEVICES
+from ...errors import DynconvError
+from ...extras import require
+from ...fields import param
+from ...fileio import atomic_write_text, interrupts_deferred, read_json
+from ..checkpoint import DS_SIDECAR, FORMAT_VERSION, read_deepspeed_sidecar, remove_checkpoint
+from ..distributed import barrier
+from .base import Strategy, prepare
 
 DEFAULT_ZERO_STAGE = 2
+
+
+@dataclass(frozen=True)
+class DeepSpeedOptions:
+    """The ``deepspeed:`` config section (the schema derives from these fields); ``None`` means "the JSON
+    file's value, else dynconv's default"."""
+
+    zero_stage: int | None = param(None, f"ZeRO stage (default {DEFAULT_ZERO_STAGE})", ge=0, le=3)
+    offload_optimizer: Literal[*OFFLOAD_DEVICES] | None = param(None, "ZeRO-Offload of the optimizer state")
+    offload_param: Literal[*OFFLOAD_DEVICES] | None = param(None, "parameter offload (ZeRO-3 only)")
+    config: str | None = param(None, "a DeepSpeed JSON merged with what dynconv derives (batch, accumulation, "
+                                     "precision)")
 # keys dynconv derives, and the dynconv setting each one comes from
 DERIVED_FROM = {"train_batch_size": "train.batch_size",
                 "train_micro_batch_size_per_gpu": "train.batch_size / (processes x train.grad_accum_steps)",
@@ -53,7 +71,7 @@ def import_deepspeed(device: torch.device):
     the first import), and its INFO chatter off."""
     if device.type == "cpu" and "deepspeed" not in sys.modules:
         os.environ["DS_ACCELERATOR"] = "cpu"
-    import deepspeed
+    deepspeed = require("deepspeed")
     from deepspeed.accelerator import get_accelerator
 
     if device.type == "cpu" and get_accelerator().device_name() != "cpu":
@@ -81,15 +99,7 @@ def _quiet(level: int = logging.ERROR):
 # ---- the DeepSpeed config ----------------------------------------------------------------------------
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DynconvError(f"deepspeed.config {path} does not exist: pass the path of a DeepSpeed JSON config")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise DynconvError(f"deepspeed.config {path} cannot be read ({e.__class__.__name__})") from None
-    except json.JSONDecodeError as e:
-        raise DynconvError(f"deepspeed.config {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    data = read_json(path, "deepspeed.config", "pass the path of a DeepSpeed JSON config")
     if not isinstance(data, dict):
         raise DynconvError(f"deepspeed.config {path} must hold a JSON object of DeepSpeed settings")
     return data
@@ -113,17 +123,14 @@ def _merge_choice(zero: dict, key: str, value: str | None, where: str, option: s
 def derive_config(options: DeepSpeedOptions, *, global_batch: int, world: int, grad_accum_steps: int,
                   precision: str, grad_clip: float) -> dict:
     """The config handed to ``deepspeed.initialize``: the JSON file (if any) with dynconv's settings merged in."""
-    where = f"deepspeed.config {options.config_file}"
-    base = read_config_file(options.config_file) if options.config_file else {}
+    where = f"deepspeed.config {options.config}"
+    base = read_config_file(options.config) if options.config else {}
     for key, why in OWNED.items():
         value = base.get(key)
         if value is not None and not (key in ("fp16", "bf16") and isinstance(value, dict) and not value.get("enabled")):
             raise DynconvError(f"{where} sets '{key}': {why}; remove it from the file")
-    if global_batch % (world * grad_accum_steps):
-        raise DynconvError(f"train.batch_size={global_batch} must be divisible by processes x train.grad_accum_steps "
-                           f"= {world} x {grad_accum_steps}")
     derived = {"train_batch_size": global_batch,
-               "train_micro_batch_size_per_gpu": global_batch // (world * grad_accum_steps),
+               "train_micro_batch_size_per_gpu": check_global_batch(global_batch, world, grad_accum_steps),
                "gradient_accumulation_steps": grad_accum_steps,
                # always explicit: DeepSpeed 0.19 clips to 1.0 unless told otherwise, single/DDP do not clip
                "gradient_clipping": float(grad_clip)}
@@ -225,8 +232,9 @@ class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
     checkpoint_suffix = ""  # checkpoints are folders
 
-    def __init__(self, *, global_batch: int, options: DeepSpeedOptions, **common):
+    def __init__(self, *, global_batch: int, options: DeepSpeedOptions | None = None, **common):
         super().__init__(**common)
+        options = options or DeepSpeedOptions()
         self.ds = import_deepspeed(self.device)
         with _quiet():  # wraps the process group dynconv created
             self.ds.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
@@ -234,7 +242,7 @@ class DeepSpeedStrategy(Strategy):
         self.config = derive_config(options, global_batch=global_batch, world=self.dist.world,
                                     grad_accum_steps=self.grad_accum_steps, precision=self.precision,
                                     grad_clip=self.grad_clip)
-        validate_config(self.config, f"deepspeed.config {options.config_file}" if options.config_file
+        validate_config(self.config, f"deepspeed.config {options.config}" if options.config
                         else "the DeepSpeed config")
         self.stage = int(self.config["zero_optimization"]["stage"])
         self.engine = None
@@ -282,6 +290,10 @@ class DeepSpeedStrategy(Strategy):
     def save(self, state: dict, path: Path) -> Path:
         """Every process writes its shard into ``.tmp-<name>``; the main one adds ``dynconv.json`` and renames
         the folder to ``<name>`` (and points DeepSpeed's ``latest`` at it) only when all are done."""
+        with interrupts_deferred():  # Ctrl+C waits until the checkpoint is complete
+            return self._save(state, path)
+
+    def _save(self, state: dict, path: Path) -> Path:
         final = Path(path).with_suffix("")
         folder, tmp = final.parent, final.parent / f".tmp-{final.name}"
         if self.is_main:

@@ -1,0 +1,130 @@
+"""A trained dynconv model as an MLflow model (a pyfunc), so that MLflow's "Register model" works and a
+registered model can be evaluated again: ``dynconv eval models:/NAME/VERSION`` or ``runs:/RUN_ID/model``.
+
+The pyfunc takes a normalised float batch (N, C, H, W) of every dataset channel and a ``subset`` parameter
+(``"RG"``; default all channels) and returns the logits; the dynconv checkpoint travels inside it."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dynconv import __version__
+from dynconv.errors import DynconvError
+from dynconv.run_files import MODEL
+
+MODEL_ARTIFACT = "model"        # the MLflow model's folder among the run's artifacts
+CHECKPOINT_KEY = "checkpoint"   # its artifact holding the dynconv checkpoint
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def _advice_silenced():
+    """MLflow advises on every save (an input example, cloudpickle) although the signature is given explicitly:
+    lines a user can do nothing about."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level, bar = pyfunc_log.level, os.environ.get(_PROGRESS_BAR)
+    pyfunc_log.setLevel(logging.ERROR)
+    os.environ[_PROGRESS_BAR] = "false"  # copying the checkpoint into the model folder is not a download
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*An input example was not provided")
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
+        if bar is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = bar
+
+
+try:  # the class must exist for MLflow to unpickle the model, also where mlflow is the only extra missing
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - tracking not installed: nothing is logged or loaded
+    PythonModel = object
+
+
+class SubsetClassifier(PythonModel):
+    """predict(batch, params={"subset": "RG"}) -> logits, for the channels of that subset."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from dynconv.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+        path = context.artifacts[CHECKPOINT_KEY]
+        ckpt = load_checkpoint(path)
+        self.channels = ckpt["dynconv"]["channels"]
+        self.model = model_from_checkpoint(ckpt, path).eval()
+        self.torch = torch
+
+    # np.ndarray: a hint MLflow infers no schema from (the explicit signature rules) and does not warn about
+    def predict(self, context, model_input: np.ndarray, params=None):
+        from dynconv.channel_select import forward_subset
+        from dynconv.channels import parse_subset
+
+        subset = parse_subset((params or {}).get("subset") or self.channels, self.channels)
+        if isinstance(model_input, dict):  # MLflow passes a named tensor input as {name: array}
+            model_input = model_input.get("images", next(iter(model_input.values())))
+        x = self.torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with self.torch.no_grad():
+            return forward_subset(self.model, x, subset).numpy()
+
+
+def save_pyfunc(checkpoint: Path, manifest: dict, folder: Path) -> Path:
+    """Write the MLflow model of ``checkpoint`` into ``folder`` (with its signature); returns the folder."""
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    c, size = len(manifest["channels"]), manifest["image_size"]
+    classes = len(manifest.get("classes") or []) or manifest["model_kwargs"].get("num_classes")
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, size, size), "images")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "logits")]),
+                               params=ParamSchema([ParamSpec("subset", "string", manifest["channels"])]))
+    with _advice_silenced():
+        mlflow.pyfunc.save_model(str(folder), python_model=SubsetClassifier(),
+                                 artifacts={CHECKPOINT_KEY: str(checkpoint)}, signature=signature,
+                                 pip_requirements=[f"dynconv=={__version__}"])
+    return folder
+
+
+def fetch_checkpoint(uri: str, tracking_uri: str | None, into: Path) -> Path:
+    """The dynconv checkpoint behind ``models:/NAME/VERSION``, ``runs:/RUN_ID/model`` (an MLflow model logged by
+    dynconv) or ``runs:/RUN_ID/checkpoints/model.pt``, downloaded into ``into``."""
+    from dynconv.extras import require
+
+    require("track")
+    import mlflow.artifacts
+
+    from .mlflow_store import store_errors
+
+    with store_errors(tracking_uri or "the default MLflow store", f"download {uri} from"):
+        source = uri
+        if uri.startswith("models:/"):  # the registry of the same server: NAME/VERSION or NAME@ALIAS
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            name, _, version = uri[len("models:/"):].partition("/")
+            name, _, alias = name.partition("@")
+            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+            source = client.get_model_version_download_uri(mv.name, mv.version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into),
+                                                         tracking_uri=tracking_uri))
+    if local.is_file():
+        return local
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise DynconvError(f"{uri} holds no dynconv checkpoint: pass a model logged by 'dynconv train' "
+                           f"(runs:/RUN_ID/{MODEL_ARTIFACT}) or runs:/RUN_ID/checkpoints/{MODEL}")
+    return found[0]
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="dynconv-mlflow-")

@@ -1,0 +1,174 @@
+"""The package's shape: everything installs under ``dynconv`` (nothing generic at top level), and imports
+point one way — core library <- application (``dynconv.launch``) <- {``dynconv.slurm``, ``dynconv.sweeps``}
+<- command line (``dynconv.launch.cli``) — with no import cycle anywhere. Imports inside functions count."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+FOLDERS = PYPROJECT["tool"]["setuptools"]["package-dir"]  # dynconv.launch -> launch, ...
+LIBRARY_FORBIDDEN = ("mlflow", "ray", "submitit", "optuna")  # the library imports torch/torchvision/ffcv/deepspeed
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package, by its installed name."""
+    out = {}
+    for package, folder in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            name = ".".join([package, *parts])
+            if any(name.startswith(other + ".") or name == other for other in FOLDERS if other != package
+                   and other.startswith(package + ".")):
+                continue  # a folder mapped to a sub-package of its own (none today)
+            out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def _imports(name: str) -> list[tuple[str, int]]:
+    """(imported module, line) for every import statement of module ``name`` (absolute or relative)."""
+    path = MODULES[name]
+    found = []
+    base = name if _is_package(name) else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parent = base.split(".")
+                parent = parent[: len(parent) - node.level + 1]
+                target = ".".join(parent + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.append((sub if sub in MODULES else target, node.lineno))
+    return found
+
+
+def _internal_edges() -> list[tuple[str, str, int]]:
+    edges = []
+    for name in MODULES:
+        for target, line in _imports(name):
+            while target not in MODULES and "." in target:  # dynconv.x.y.func -> dynconv.x.y
+                target = target.rpartition(".")[0]
+            if target in MODULES and target != name:
+                edges.append((name, target, line))
+    return edges
+
+
+def layer(name: str) -> str:
+    if name == "dynconv.__main__" or name == "dynconv.launch.cli" or name.startswith("dynconv.launch.cli."):
+        return "cli"
+    for top in ("slurm", "sweeps", "launch"):
+        if name == f"dynconv.{top}" or name.startswith(f"dynconv.{top}."):
+            return "application" if top == "launch" else top
+    return "core"
+
+
+RANK = {"core": 0, "application": 1, "slurm": 2, "sweeps": 2, "cli": 3}
+
+
+def test_every_folder_maps_into_the_dynconv_namespace():
+    assert set(FOLDERS) == {"dynconv", "dynconv.launch", "dynconv.slurm", "dynconv.sweeps"}
+    packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {n for n in MODULES if _is_package(n)}
+    assert found == packages, f"folders with __init__.py vs pyproject packages: {found ^ packages}"
+
+
+def test_imports_point_one_way():
+    wrong = [f"{a} ({layer(a)}) imports {b} ({layer(b)}) at line {line}" for a, b, line in _internal_edges()
+             if RANK[layer(a)] < RANK[layer(b)] or {layer(a), layer(b)} == {"slurm", "sweeps"}]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_library_imports_no_tracker_scheduler_or_tuner():
+    wrong = [f"{name} imports {target} at line {line}" for name in MODULES if layer(name) == "core"
+             for target, line in _imports(name) if target.split(".")[0] in LIBRARY_FORBIDDEN]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_imports_the_folders_as_top_level_packages():
+    wrong = [f"{name} imports {target} at line {line}" for name in MODULES for target, line in _imports(name)
+             if target.split(".")[0] in ("launch", "slurm", "sweeps")]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    """Tarjan's strongly connected components over module imports: every component is one module."""
+    graph: dict[str, set[str]] = {n: set() for n in MODULES}
+    for a, b, _ in _internal_edges():
+        if not (_is_package(b) and a.startswith(b + ".")):  # a submodule's import of its own package's names
+            graph[a].add(b)
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_under_dynconv(tmp_path):
+    """``pip install .`` puts nothing generic at top level: the wheel holds dynconv/ (every module and its
+    data files) and its metadata, nothing else."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", *FOLDERS.values()):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("dynconv-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"dynconv"}, tops
+    expected = {("/".join(n.split(".")) + ("/__init__.py" if _is_package(n) else ".py")) for n in MODULES}
+    assert expected <= set(names), expected - set(names)
+    for data in ("dynconv/py.typed", "dynconv/launch/configs/demo.yaml", "dynconv/sweeps/spaces/dropout.yaml"):
+        assert data in names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    requires = [ln for ln in metadata.splitlines() if ln.startswith("Requires-Dist:")]
+    torch_req = next(ln for ln in requires if ln.startswith("Requires-Dist: torch") and "vision" not in ln)
+    assert "==" not in torch_req, torch_req  # a range: a cluster keeps its own CUDA build
+    for extra in ("ffcv", "deepspeed", "slurm", "sweep", "track", "all"):
+        assert f"Provides-Extra: {extra}" in metadata

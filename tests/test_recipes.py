@@ -1,0 +1,114 @@
+"""`dynconv recipes`: the recipes file, its checks (before any data or training), and the study's goals
+computed from the rows; one tiny end-to-end run (slow)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dynconv.launch.matrix import Cell, aggregate
+from dynconv.launch.recipes import goals, read_recipes
+from helpers import CONFIG, run_cli
+
+SUBSETS = ("RGB", "RG", "R")
+
+
+def _report(accs):
+    return {"subsets": {s: {"accuracy": a, "macs": 10} for s, a in zip(SUBSETS, accs)}}
+
+
+def test_aggregate_means_stds_and_the_gap_to_the_reference():
+    ref, rob = Cell("RGB-only specialist", (), "d", True), Cell("slice / recalibrate", (), "d")
+    rows = aggregate({ref: [_report([0.9, 0.5, 0.3]), _report([0.8, 0.5, 0.3])],
+                      rob: [_report([0.8, 0.7, 0.6]), _report([0.8, 0.7, 0.6])]})
+    by = {r["variant"]: r for r in rows}
+    assert by["RGB-only specialist"]["accuracy_mean"]["RGB"] == pytest.approx(0.85)
+    assert by["RGB-only specialist"]["accuracy_std"]["RGB"] == pytest.approx(0.05)
+    assert by["slice / recalibrate"]["rgb_gap"] == pytest.approx(0.05)
+    assert by["slice / recalibrate"]["worst_subset_acc"] == pytest.approx(0.6)
+
+
+def test_goals_are_measured_from_the_rows():
+    cells = {Cell("RGB-only specialist", (), "", True): [_report([0.9, 0.4, 0.2])],
+             Cell("prefix / shared (the study)", (), ""): [_report([0.8, 0.4, 0.3])],
+             Cell("slice / recalibrate", (), ""): [_report([0.88, 0.8, 0.7])],
+             Cell("slice / switchable", (), ""): [_report([0.87, 0.8, 0.69])]}
+    measured = goals(aggregate(cells))
+    assert measured[0][0].startswith("best recipe (slice / recalibrate)") and measured[0][1] == "+2.0 points"
+    assert measured[0][2] and measured[1][2] and measured[2][2] and measured[3][2]
+    assert measured[1][1] == f"{(0.88 + 0.8 + 0.7) / (0.8 + 0.4 + 0.3):.2f}×"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n", "needs a 'recipes:' list"),
+    ("recipes:\n  - {name: a, set: {model.norm: x}}\n", "recipe 'a': config key 'model.norm'"),
+    ("recipes:\n  - {name: a}\n  - {name: a}\n", "two recipes are called 'a'"),
+    ("datasets: {d: {kind: shapes, colours: 3}}\nrecipes:\n  - {name: a}\n", "unknown setting(s) colours"),
+    ("recipes:\n  - {name: a, reference: true}\n  - {name: b, reference: true}\n", "at most one recipe"),
+    ("recipes:\n  - {name: a, datasets: [nope]}\n", "names unknown data set(s) nope"),
+])
+def test_bad_recipes_files_are_one_line_errors(tmp_path, capsys, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    assert run_cli("recipes", "--config", CONFIG, "--recipes", path, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out" / "data").exists()  # checked before any data set is made
+
+
+def test_the_shipped_recipes_file_is_valid():
+    from dynconv.launch.recipes import build_cells
+    from helpers import ROOT
+
+    datasets, recipes = read_recipes(ROOT / "launch" / "recipes" / "robustness.yaml")
+    cells = build_cells(str(ROOT / "launch" / "configs" / "robustness.yaml"), [], datasets, recipes, ROOT / "x",
+                        make_data=False)
+    expected = sum(1 for d in datasets for r in recipes if not r.get("datasets") or d in r["datasets"])
+    assert len(cells) == expected and sum(c.reference for c in cells) == len(datasets)
+    assert {c.group for c in cells if c.label == "slice / recalibrate, weight EMA"} == {"textures-600"}
+
+
+@pytest.mark.slow
+def test_recipes_end_to_end_with_a_teacher_reference(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("datasets:\n  tiny: {kind: textures, classes: 2, train_per_class: 16, val_per_class: 8, size: 16}\n"
+                    "recipes:\n"
+                    "  - {name: specialist, reference: true, set: {model.name: resnet18, model.stem_mode: null,"
+                    " model.norm: shared, dropout.kind: none}}\n"
+                    "  - {name: distilled, set: {train.teacher: '@specialist', model.norm: recalibrate}}\n")
+    page = tmp_path / "docs" / "results.md"
+    assert run_cli("recipes", "--config", CONFIG, "--recipes", path, "--out", tmp_path / "out", "--seeds", "1",
+                   "--publish", page, "train.epochs=1", "train.batch_size=8", "data.num_workers=1",
+                   "tracking.enabled=false", "model.calibration_batches=1") == 0
+    text = page.read_text()
+    assert "## tiny" in text and "| distilled | 1 |" in text and "![tiny](results.png)" in text
+    assert (page.parent / "results.png").exists()
+    rows = json.loads((tmp_path / "out" / "recipes.json").read_text())
+    assert [r["variant"] for r in rows] == ["specialist", "distilled"] and "rgb_gap" in rows[1]
+    cfg = (tmp_path / "out" / "runs" / "tiny-distilled-seed0" / "config.yaml").read_text()
+    assert str(tmp_path / "out" / "runs" / "tiny-specialist-seed0" / "model.pt") in cfg
+    # publishing again reuses both runs, says so on the page, and keeps what was written by hand below the marker
+    from dynconv.launch.recipes import KEEP_MARKER
+
+    page.write_text(text + f"\n{KEEP_MARKER}\n\n## What it says\n\nhand-written\n")
+    capsys.readouterr()
+    assert run_cli("recipes", "--config", CONFIG, "--recipes", path, "--out", tmp_path / "out", "--seeds", "1",
+                   "--publish", page, "train.epochs=1", "train.batch_size=8", "data.num_workers=1",
+                   "tracking.enabled=false", "model.calibration_batches=1") == 0
+    assert capsys.readouterr().out.count("already done, reusing") == 2
+    again = page.read_text()
+    assert "(2 of them reused from an earlier invocation" in again
+    assert again.count(KEEP_MARKER) == 1 and again.endswith("## What it says\n\nhand-written\n")
+
+
+def test_a_recipe_with_a_variation_is_held_to_the_specialist_with_the_same_variation():
+    """'slice / recalibrate, 2x epochs' is compared with 'RGB-only specialist, 2x epochs' (trained as long), which
+    is itself no candidate for the best recipe."""
+    cells = {Cell("RGB-only specialist", (), "", True): [_report([0.6, 0.4, 0.2])],
+             Cell("RGB-only specialist, 2x epochs", (), ""): [_report([0.95, 0.9, 0.9])],
+             Cell("prefix / shared (the study)", (), ""): [_report([0.5, 0.4, 0.3])],
+             Cell("slice / recalibrate, 2x epochs", (), ""): [_report([0.85, 0.8, 0.7])]}
+    (best, *_rest) = goals(aggregate(cells))
+    assert best[0] == ("best recipe (slice / recalibrate, 2x epochs): RGB within 5 points of the specialist "
+                       "(RGB-only specialist, 2x epochs)")
+    assert best[1] == "+10.0 points" and not best[2]
