@@ -237,6 +237,11 @@ def exit_status(exc: BaseException) -> str:
     return "FAILED" if isinstance(exc, Exception) else "KILLED"
 
 
+def stopped_early_tags(reason: str) -> dict[str, str]:
+    """The tags of a run that a scheduler stopped before its last epoch."""
+    return {"dynconv.stopped_early": "true", "dynconv.stopped_early.reason": reason}
+
+
 class MlflowTracking(Hook):
     """The trainer hook owning a training's MLflow run: created (or, on resume, reopened) when training
     starts; per-epoch metrics; the final checkpoint, evaluation and report files at the end; the final status
@@ -287,7 +292,7 @@ class MlflowTracking(Hook):
         if self.run is None or self.finished:  # e.g. Tune ending the thread at the final report
             return
         if isinstance(exc, StoppedEarly):
-            self.run.set_tags({"dynconv.stopped_early": "true", "dynconv.stopped_early.reason": exc.reason})
+            self.run.set_tags(stopped_early_tags(exc.reason))
         self.run.finish(exit_status(exc))
 
 

@@ -24,27 +24,37 @@ class TrialRow:
     exploits: int = 0
 
 
-def collect_rows(results, spec: SweepSpec, trials_dir: Path) -> list[TrialRow]:
+def tune_trials(out: Path) -> list:
+    """The sweep's trials as Tune saved them (``ray.tune.experiment.Trial``: id, config, status)."""
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(out / TUNE_DIR)).trials
+
+
+def collect_rows(results, trials: list, trials_dir: Path, metric: str) -> list[TrialRow]:
+    """One row per result of ``Tuner.fit()``. A trial that Tune aborted before it reported (a reused actor
+    that could not be reset) is handed that actor's previous trial's last result: such metrics are not its
+    own and are dropped, and its parameters are taken from its saved ``trials`` entry."""
+    configs = {t.trial_id: t.config for t in trials}
     rows = []
     for r in results:
-        m = r.metrics or {}
-        trial = str(m.get("trial_id") or Path(r.path).name)
-        df = r.metrics_dataframe
+        trial = Path(r.path).name  # the trial's folder is named by its id (build_tuner's trial_dirname_creator)
+        m, df, config = r.metrics or {}, r.metrics_dataframe, r.config
+        if m.get("trial_id") not in (None, trial):
+            m, df, config = {}, None, configs.get(trial)
         state_file = trials_dir / trial / SWEEP_TRIAL
         exploits = len(json.loads(state_file.read_text())["exploits"]) if state_file.exists() else 0
         error = str(r.error).strip().splitlines()[-1].split("DynconvError: ")[-1][:200] if r.error else None
-        rows.append(TrialRow(trial, plain(dict(r.config or {})), int(m.get("epoch", 0)),
-                             len(df) if df is not None else int(m.get("epoch", 0)), m.get(spec.metric),
+        rows.append(TrialRow(trial, plain(dict(config or {})), int(m.get("epoch", 0)),
+                             len(df) if df is not None else int(m.get("epoch", 0)), m.get(metric),
                              bool(m.get("final_eval")), error, exploits))
     return sorted(rows, key=lambda row: row.trial)
 
 
-def interrupted(out: Path, spec: SweepSpec, space: SearchSpace) -> bool:
-    """Whether trials are left to run. Tune's saved state is read back because, after Ctrl+C, the trials in
-    memory have been stopped (and look terminated) once the state was saved with them still running."""
-    from ray.tune import ExperimentAnalysis
-
-    trials = ExperimentAnalysis(str(out / TUNE_DIR)).trials
+def interrupted(trials: list, spec: SweepSpec, space: SearchSpace) -> bool:
+    """Whether trials are left to run. Tune's saved state (``tune_trials``) is what tells, because after
+    Ctrl+C the trials in memory have been stopped (and look terminated) once the state was saved with them
+    still running."""
     return len(trials) < num_trials(spec, space) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
@@ -81,18 +91,32 @@ def best_row(rows: list[TrialRow]) -> TrialRow | None:
     return max(finished or scored, key=lambda r: r.metric, default=None)
 
 
-def tag_trial_runs(rows: list[TrialRow], trials_dir: Path) -> None:
-    """Tag every trial's MLflow run with how far it got (its status is the trainer's: an early stop is
-    FINISHED); tracking never fails the sweep."""
-    from dynconv.launch.mlflow_store import mlflow_client
+def settle_trial_runs(rows: list[TrialRow], trials_dir: Path) -> None:
+    """Tag every trial's MLflow run with how far it got, and close the runs whose trial could not.
+
+    A trial closes its own run (an early stop is FINISHED). But Ray Tune ends a stopped trial's actor
+    without waiting for its training thread (``Trainable.cleanup`` joins it with timeout 0), so the thread
+    can be cut off while it closes the run: its buffered records are replayed here, and a run still RUNNING
+    gets the status its trial reached (FAILED for an error, else FINISHED; a stopped one is tagged as the
+    trainer would have). Tracking never fails the sweep."""
+    from dynconv.launch.tracking import MlflowRun, stopped_early_tags
+
+    from .trainable import scheduler_stop_reason
 
     for row in rows:
-        info = recorded_mlflow_run(trials_dir / row.trial)
+        run_dir = trials_dir / row.trial
+        info = recorded_mlflow_run(run_dir)
         if info is None:
             continue
+        stopped = not row.finished and not row.error
         try:
-            client = mlflow_client(info["tracking_uri"])
-            client.set_tag(info["run_id"], "dynconv.sweep.stopped_early", str(not row.finished and not row.error).lower())
-            client.set_tag(info["run_id"], "dynconv.sweep.epochs", str(row.epochs))
+            run = MlflowRun.attach(info["tracking_uri"], info["run_id"])
+            run.run_dir = run_dir
+            run.flush()
+            if run.client.get_run(run.run_id).info.status == "RUNNING":
+                if stopped:
+                    run.set_tags(stopped_early_tags(scheduler_stop_reason(row.epochs)))
+                run.finish("FAILED" if row.error else "FINISHED")
+            run.set_tags({"dynconv.sweep.stopped_early": str(stopped).lower(), "dynconv.sweep.epochs": str(row.epochs)})
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"could not tag MLflow run {info['run_id']}: {str(e).splitlines()[0][:120]}", stacklevel=2)

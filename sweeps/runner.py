@@ -27,7 +27,7 @@ from dynconv.fileio import atomic_write_text
 
 from ..launch.config import dump_yaml
 from ..launch.tracking import MlflowRun, default_tracking_uri
-from .results import best_row, collect_rows, interrupted, markdown, tag_trial_runs
+from .results import best_row, collect_rows, interrupted, markdown, settle_trial_runs, tune_trials
 from .space import apply_params
 from .spec import TRIALS_DIR, TUNE_DIR, SweepOptions, num_trials, resolve_spec
 from .trainable import TrialSetup
@@ -85,9 +85,10 @@ def run_sweep(out: str | Path, config: str | None = None, space: str | None = No
         results = build_tuner(spec, search_space, setup, out, resume, verbose, callbacks).fit()
 
         trials_dir = out / TRIALS_DIR
-        rows = collect_rows(results, spec, trials_dir)
-        stopped = interrupted(out, spec, search_space)
-        tag_trial_runs([r for r in rows if r.finished or r.error or not stopped], trials_dir)
+        trials = tune_trials(out)
+        rows = collect_rows(results, trials, trials_dir, spec.metric)
+        stopped = interrupted(trials, spec, search_space)
+        settle_trial_runs([r for r in rows if r.finished or r.error or not stopped], trials_dir)
         table = markdown(rows, spec, search_space.keys, stopped)
         trial_epochs = sum(r.trained_epochs for r in rows)
         best = None if stopped else best_row(rows)

@@ -108,6 +108,10 @@ def report(metrics: dict, checkpoint: Path | None, trial_id: str) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def scheduler_stop_reason(epoch: int) -> str:
+    return f"stopped by the sweep's scheduler after epoch {epoch}"
+
+
 class TuneReporter(Hook):
     """Reports each epoch to Tune with its checkpoint, and the end of training with the final evaluation
     (so a finished trial's last result is its full per-subset evaluation). When Tune stops the trial at an
@@ -124,7 +128,7 @@ class TuneReporter(Hook):
             try:
                 report(self.last, Path(checkpoint), self.trial_id)
             except SystemExit:  # Tune ends a stopped trial's thread this way
-                raise StoppedEarly(f"stopped by the sweep's scheduler after epoch {epoch}") from None
+                raise StoppedEarly(scheduler_stop_reason(epoch)) from None
 
     def on_fit_end(self, result: FitResult) -> None:
         final = {**self.last, **final_metrics(result.report), "epoch": self.epochs, "final_eval": 1.0}

@@ -26,7 +26,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
     root = str(Path(dynconv.__file__).resolve().parents[1])  # trial processes import this same dynconv
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": path, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"}
+    # a stopped trial's thread still closes its MLflow run; Tune re-uses its actor for the next trial only
+    # once the thread has ended, waiting 2 s by default, after which the next trial fails ("Trainable runner
+    # reuse requires reset_config() ..."): too short on a busy node
+    env = {"PYTHONPATH": path, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+           "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")}
     for var in ("MLFLOW_ENABLE_ASYNC_LOGGING", "TQDM_DISABLE"):
         if var in os.environ:
             env[var] = os.environ[var]

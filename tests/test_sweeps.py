@@ -188,6 +188,78 @@ def test_failing_trials_end_the_sweep_with_one_line(tiny_data, ray_cluster, swee
     assert not (out / "best.yaml").exists()
 
 
+def test_runs_a_trial_could_not_close_are_closed_by_the_sweep(tmp_path):
+    """Tune ends a stopped trial's actor without waiting for its thread: a run left RUNNING (with records
+    still buffered) gets its buffered records and the status its trial reached; a closed run keeps its own."""
+    from mlflow.tracking import MlflowClient
+
+    from dynconv.launch.tracking import MlflowRun
+    from dynconv.run_files import TRACKING_BUFFER
+    from dynconv.sweeps.results import TrialRow, settle_trial_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    runs = {t: MlflowRun(uri, "sweep", tmp_path / "trials" / t, t) for t in ("stopped", "failed", "finished", "killed")}
+    (tmp_path / "trials" / "stopped" / TRACKING_BUFFER).write_text(json.dumps(
+        {"op": "metrics", "metrics": {"curves/val_acc_RGB": 0.25}, "step": 2, "timestamp": 0}) + "\n")
+    runs["killed"].finish("KILLED")
+    rows = [TrialRow("stopped", {}, 2, 2, 0.25, False, None), TrialRow("failed", {}, 1, 1, None, False, "boom"),
+            TrialRow("finished", {}, 3, 3, 0.5, True, None), TrialRow("killed", {}, 1, 1, 0.1, False, None),
+            TrialRow("never-started", {}, 0, 0, None, False, "aborted")]
+    settle_trial_runs(rows, tmp_path / "trials")
+    client = MlflowClient(uri)
+    got = {t: client.get_run(r.run_id) for t, r in runs.items()}
+    assert {t: r.info.status for t, r in got.items()} == {"stopped": "FINISHED", "failed": "FAILED",
+                                                          "finished": "FINISHED", "killed": "KILLED"}
+    assert [m.value for m in client.get_metric_history(runs["stopped"].run_id, "curves/val_acc_RGB")] == [0.25]
+    assert not (tmp_path / "trials" / "stopped" / TRACKING_BUFFER).exists()
+    stopped = got["stopped"].data.tags
+    assert stopped["dynconv.stopped_early"] == "true" and "after epoch 2" in stopped["dynconv.stopped_early.reason"]
+    assert "dynconv.stopped_early" not in got["failed"].data.tags
+    assert {t: (r.data.tags["dynconv.sweep.stopped_early"], r.data.tags["dynconv.sweep.epochs"])
+            for t, r in got.items()} == {"stopped": ("true", "2"), "failed": ("false", "1"),
+                                         "finished": ("false", "3"), "killed": ("true", "1")}
+
+
+def test_a_trial_aborted_before_reporting_does_not_take_another_trials_result(tmp_path):
+    """Ray hands a trial that it aborted on a re-used actor that actor's previous trial's last result."""
+    from types import SimpleNamespace
+
+    from dynconv.sweeps.results import collect_rows
+
+    def result(trial, metrics, error=None):
+        return SimpleNamespace(path=str(tmp_path / "tune" / trial), metrics=metrics, metrics_dataframe=None,
+                               config=metrics.get("config"), error=error)
+
+    own = {"trial_id": "t0", "epoch": 2, "acc_RGB": 0.4, "config": {"train.lr": 0.003}}
+    results = [result("t0", own), result("t2", own, RuntimeError("Trainable runner reuse requires reset_config()"))]
+    trials = [SimpleNamespace(trial_id="t0", config={"train.lr": 0.003}),
+              SimpleNamespace(trial_id="t2", config={"train.lr": 1e-7})]
+    rows = {r.trial: r for r in collect_rows(results, trials, tmp_path / "trials", "acc_RGB")}
+    assert (rows["t0"].params, rows["t0"].epochs, rows["t0"].metric) == ({"train.lr": 0.003}, 2, 0.4)
+    t2 = rows["t2"]
+    assert (t2.params, t2.epochs, t2.metric, t2.finished) == ({"train.lr": 1e-7}, 0, None, False)
+    assert "reset_config" in t2.error
+
+
+def test_trial_workers_wait_for_a_stopped_trial_before_reuse(monkeypatch):
+    """Ray's 2 s wait before re-using a worker failed the next trial when a stopped one took longer to close
+    its MLflow run on a busy machine."""
+    import ray
+
+    from dynconv.sweeps.tuner import init_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # keep init_ray from generating a token in this process
+    assert init_ray(num_cpus=1)
+    assert float(seen["runtime_env"]["env_vars"]["TUNE_FUNCTION_THREAD_TIMEOUT_S"]) >= 60
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "7")
+    init_ray(num_cpus=1)
+    assert seen["runtime_env"]["env_vars"]["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == "7"
+
+
 def test_rescale_lr_moves_a_resumed_schedule_to_the_new_rate():
     from dynconv.train import build_optimizer, build_scheduler
     from dynconv.sweeps.trainable import rescale_lr
