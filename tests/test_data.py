@@ -183,6 +183,39 @@ def test_folder_and_beton_give_the_same_pixels(tmp_path):
     assert 0 < diffs["jpg"] < 8, diffs  # JPEG at quality 90 on noisy textures: ~4 of 255 levels on average
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_normalising_in_the_ffcv_pipeline_gives_the_batch_transforms_batches(tiny_data, train):
+    """CPU training normalises inside FFCV's pipeline (build_source(normalize=...)): the same float batches,
+    in the same order, with loader-side augmentation, as normalising the uint8 batches afterwards."""
+    from dynconv.data import BatchTransform
+
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    aug = AugmentParams(hflip=0.5, vflip=0.5, rotation=15, perspective=0.2, perspective_p=0.5) if train else None
+    kw = dict(image_size=32, batch_size=16, num_workers=2, train=train, seed=3, augment=aug)
+    path = tiny_data / ("train.beton" if train else "val.beton")
+    plain, fused = build_source(path, **kw), build_source(path, **kw, normalize=(mean, std))
+    assert not plain.normalized and fused.normalized
+    transform = BatchTransform(mean, std, torch.device("cpu"))
+    n = 0
+    for (px, py), (fx, fy) in zip(plain.epoch(1), fused.epoch(1)):
+        assert px.dtype == torch.uint8 and fx.dtype == torch.float32 and torch.equal(py, fy)
+        if train:  # warps differ by the rounding to uint8 of the normalise-afterwards path: at most half a level
+            torch.testing.assert_close(transform(fx), transform(px), rtol=0, atol=0.5 / (255 * min(std)) + 1e-5)
+        else:  # bit for bit: evaluating a run's checkpoint on the image folder reproduces its report exactly
+            assert torch.equal(transform(fx), transform(px))
+        n += len(py)
+    assert n == plain.num_samples - plain.num_samples % 16 * train
+
+
+def test_device_augmentation_of_a_normalised_batch_is_refused():
+    """Its warp would fill the outside with 0 in normalised units (grey), not black."""
+    from dynconv.data import BatchTransform
+
+    t = BatchTransform((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), AugmentParams(rotation=15))
+    with pytest.raises(ValueError, match="uint8"):
+        t(torch.zeros(2, 3, 8, 8))
+
+
 def test_ffcv_leaves_the_training_threads_alone(tiny_data):
     """FFCV used to reset torch's intra-op threads to data.num_workers every epoch (capping CPU training)."""
     before = torch.get_num_threads()

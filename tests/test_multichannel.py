@@ -45,6 +45,10 @@ def test_arrays_round_trip_exactly(five_channel):
     assert meta["image_kind"] == "ndarray" and meta["channels"] == 5
     resized = build_source(five_channel / "val.beton", image_size=16, batch_size=4, num_workers=1)
     assert next(iter(resized.epoch(0)))[0].shape == (4, 5, 16, 16)
+    # normalisation in the loader is FFCV's RGB operation: arrays stay uint8 (and are resized afterwards)
+    kept = build_source(five_channel / "val.beton", image_size=16, batch_size=4, num_workers=1,
+                        normalize=([0.5] * 5, [0.25] * 5))
+    assert not kept.normalized and next(iter(kept.epoch(0)))[0].dtype == torch.uint8
 
 
 @pytest.mark.slow

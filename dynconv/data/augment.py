@@ -174,8 +174,16 @@ class SampleAugment:
         return apply(images.float(), draw).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def normalization_table(mean, std) -> np.ndarray:
+    """256 × C float32: what :class:`BatchTransform` makes of each uint8 value in each channel — the lookup
+    table of FFCV's ``NormalizeImage`` when the pipeline normalises, so both give bit-identical batches."""
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, len(mean), 256, 1)
+    return BatchTransform(mean, std, torch.device("cpu"))(levels.contiguous())[0, :, :, 0].T.contiguous().numpy()
+
+
 class BatchTransform:
-    """uint8 batch → augmented (training only), normalised float batch on ``device``."""
+    """uint8 batch → augmented (training only), normalised float batch on ``device``. A floating-point batch
+    comes normalised from its source (``DataSource.normalized``) and is only moved to ``device``."""
 
     def __init__(self, mean, std, device: torch.device, augment: AugmentParams | None = None, seed: int = 0):
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -184,8 +192,13 @@ class BatchTransform:
         self.device, self.augment, self.seed = device, augment, seed
 
     def __call__(self, images: torch.Tensor, epoch: int = 0, step: int = 0) -> torch.Tensor:
+        augment = self.augment is not None and not self.augment.is_identity
+        if images.is_floating_point():
+            if augment:  # the warp's outside would be 0 in normalised units, not black
+                raise ValueError("device-side augmentation needs uint8 batches: build the source without normalize")
+            return images.to(self.device, non_blocking=True)
         x = images.to(self.device, non_blocking=True).float()
-        if self.augment is not None and not self.augment.is_identity:
+        if augment:
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, step]).generate_state(1)[0]))
             x = apply(x, sample(x.shape[0], self.augment, gen))  # on raw pixels: outside = black, as torchvision
         return torch.addcmul(-self.shift, x, self.scale)

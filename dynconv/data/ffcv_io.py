@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from ffcv.pipeline.operation import Operation  # noqa: E402
 
 from ..choices import BETON_STORES, check_choice  # noqa: E402
 from ..errors import DynconvError  # noqa: E402
-from .augment import SampleAugment, pixel_maps  # noqa: E402
+from .augment import SampleAugment, normalization_table, pixel_maps  # noqa: E402
 from .folder import FolderIndex, is_array_file, load_rgb, load_sample, square_resize  # noqa: E402
 from .stats import BETON_SAMPLES, channel_stats  # noqa: E402
 
@@ -203,11 +204,13 @@ class LoaderAugment(Operation):
     N-channel arrays). Draws depend on (seed, epoch, sample index): FFCV hands the operation the batch's
     sample indices. Flips are exact index reversals; rotation + perspective (flips folded in) are one
     ``cv2.warpPerspective`` per image: bilinear, zeros outside, as ``grid_sample`` on the device side.
-    OpenCV releases the GIL, so ``threads`` threads warp a batch in parallel."""
+    OpenCV releases the GIL, so ``threads`` threads warp a batch in parallel. Images normalised earlier in
+    the pipeline (float32) are warped as they are, with ``fill`` (per channel: what black became) outside."""
 
-    def __init__(self, augment: SampleAugment, threads: int, channels_first: bool):
+    def __init__(self, augment: SampleAugment, threads: int, channels_first: bool, fill: Sequence[float] = (0.0,)):
         super().__init__()
         self.augment, self.threads, self.channels_first = augment, max(1, threads), channels_first
+        self.fill = tuple(float(v) for v in fill)
         self.epoch, self.enabled, self._pool = 0, True, None
 
     def set_epoch(self, epoch: int, enabled: bool = True) -> None:
@@ -241,7 +244,7 @@ class LoaderAugment(Operation):
             for k in range(lo, hi):
                 for src, out in zip(images[k], dst[k]) if self.channels_first else [(images[k], dst[k])]:
                     cv2.warpPerspective(src, pix[k], (w, h), dst=out, flags=_WARP_FLAGS,
-                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill)
 
         n = len(images)
         if self.threads == 1 or n < 2:
@@ -258,11 +261,14 @@ class LoaderAugment(Operation):
 def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, shuffle: bool,
                 seed: int, drop_last: bool, os_cache: bool = True, quasi_random: bool = False,
                 distributed: bool = False, arrays: bool = False, augment: SampleAugment | None = None,
-                decoder: str = "center_crop"):
+                decoder: str = "center_crop", normalize: tuple[Sequence[float], Sequence[float]] | None = None):
     """An FFCV ``Loader`` yielding ``(uint8 NCHW images, labels)`` on the CPU. RGB images are decoded and
     resized by FFCV; N-channel arrays come back at their stored size (the caller resizes). With
     ``augment`` the images are augmented in the pipeline; the loader's ``augment_op.set_epoch(epoch,
-    enabled)`` says which epoch's draws to use."""
+    enabled)`` says which epoch's draws to use. With ``normalize=(mean, std)`` (0-1 scale; RGB images only)
+    FFCV's ``NormalizeImage`` turns them into normalised float32 in the pipeline's threads, as FFCV's own
+    recipe does: for training on the CPU, where the pipeline's threads then do work the training thread
+    would otherwise do."""
     from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder,
                                       RandomResizedCropRGBImageDecoder)
     from ffcv.loader import Loader, OrderOption
@@ -279,10 +285,23 @@ def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, 
     decode = (RandomResizedCropRGBImageDecoder((image_size, image_size)) if decoder == "random_resized_crop" else
               CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0))  # RRC: FFCV's ImageNet recipe's
     image = [NDArrayDecoder(), ToTensor()] if arrays else [decode, ToTensor(), ToTorchImage()]
+    fill = (0.0,)
+    if normalize is not None:
+        if arrays:
+            raise ValueError("normalize applies to RGB images; N-channel arrays are resized after the loader")
+        from ffcv.transforms import NormalizeImage
+
+        norm = NormalizeImage(*(255 * np.asarray(v, dtype=np.float64) for v in normalize), np.float32)
+        norm.lookup_table = normalization_table(*normalize)  # the values BatchTransform computes, bit for bit
+        image.insert(1, norm)
+        fill = tuple(norm.lookup_table[0].tolist())  # black, normalised
     op = None
     if augment is not None:
-        op = LoaderAugment(augment, num_workers, channels_first=arrays)
-        image.insert(1, op)
+        # after the normalisation: FFCV's pipeline compiler allows one change from compiled (numba) operations
+        # to Python ones, not back (its grouping never ends for decode -> augment -> normalise); warping the
+        # normalised image is the same affine map of the same pixels, without rounding back to uint8
+        op = LoaderAugment(augment, num_workers, channels_first=arrays, fill=fill)
+        image.insert(2 if normalize is not None else 1, op)
     pipelines = {"image": image, "label": [IntDecoder(), ToTensor(), Squeeze(1)]}
     order = OrderOption.SEQUENTIAL
     if shuffle:  # FFCV's quasi-random order does not support distributed=True: use random there

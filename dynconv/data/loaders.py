@@ -1,14 +1,15 @@
 """One entry point for input data: an ImageFolder directory or an FFCV ``.beton`` file.
 
 Both paths yield ``(images, labels)`` batches of uint8 NCHW images at ``image_size`` and int64 labels on
-the CPU; normalisation runs afterwards on the training device, augmentation either there too or, with
-``augment=``, inside the loader (``data.augment.where``, see ``augment.py``).
+the CPU; normalisation runs afterwards on the training device (or, for RGB ``.beton`` files with
+``normalize=``, inside FFCV's pipeline), augmentation either there too or, with ``augment=``, inside the
+loader (``data.augment.where``, see ``augment.py``).
 """
 from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
@@ -43,11 +44,14 @@ def _stop_workers(it) -> None:
 
 
 class DataSource:
-    """Batches of ``(uint8 NCHW images, int64 labels)`` on the CPU plus what callers need to know about them.
-    The base serves any iterable of batches (in memory, in tests); :class:`FolderSource` and
-    :class:`FfcvSource` are the two loaders."""
+    """Batches of ``(uint8 NCHW images, int64 labels)`` on the CPU plus what callers need to know about them
+    (``normalized``: the images come as normalised float32 instead, from an FFCV pipeline built with
+    ``build_source(normalize=...)``; :class:`~dynconv.data.augment.BatchTransform` takes either). The base
+    serves any iterable of batches (in memory, in tests); :class:`FolderSource` and :class:`FfcvSource` are
+    the two loaders."""
 
     backend = "memory"
+    normalized = False
 
     def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: list[str] | None,
                  num_samples: int, backend: str | None = None, num_channels: int = 3, skipped: int = 0):
@@ -114,9 +118,10 @@ class FfcvSource(DataSource):
     backend = "ffcv"
 
     def __init__(self, loader, classes: list[str] | None, num_samples: int, num_channels: int, skipped: int,
-                 resize_to: int | None = None, set_augment_epoch: Callable[[int, bool], None] | None = None):
+                 resize_to: int | None = None, set_augment_epoch: Callable[[int, bool], None] | None = None,
+                 normalized: bool = False):
         super().__init__(loader, classes, num_samples, num_channels=num_channels, skipped=skipped)
-        self.resize_to, self.set_augment_epoch = resize_to, set_augment_epoch
+        self.resize_to, self.set_augment_epoch, self.normalized = resize_to, set_augment_epoch, normalized
 
     def _start_epoch(self, epoch: int, augment: bool) -> None:
         if self.set_augment_epoch is not None:
@@ -201,13 +206,16 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
                  train: bool = False, seed: int = 0, backend: str = "auto", strict: bool = False,
                  os_cache: bool = True, order: str = "random", drop_last: bool = True,
                  rank: int = 0, world: int = 1, augment: AugmentParams | None = None,
-                 decoder: str = "center_crop") -> DataSource:
+                 decoder: str = "center_crop", normalize: tuple[Sequence[float], Sequence[float]] | None = None
+                 ) -> DataSource:
     """Open ``path`` (folder or ``.beton``). ``backend='auto'`` uses FFCV for ``.beton`` files.
 
     Training sources shuffle (``order``: ``random``, or FFCV's ``quasi_random`` for datasets larger than
     memory) and drop the last partial batch when ``drop_last``; evaluation sources are sequential.
     With ``world > 1`` a training source yields this rank's share of each global batch of ``batch_size``.
-    ``augment`` (training sources only) augments the uint8 images inside the loader, on the CPU."""
+    ``augment`` (training sources only) augments the uint8 images inside the loader, on the CPU.
+    ``normalize=(mean, std)`` normalises RGB ``.beton`` images inside FFCV's pipeline (float32 batches,
+    ``source.normalized``), which pays off when training on the CPU; other sources ignore it."""
     distributed = train and world > 1
     sample_aug = SampleAugment(augment, seed) if train and augment is not None and not augment.is_identity else None
     path = Path(path)
@@ -225,10 +233,11 @@ def build_source(path: str | Path, *, image_size: int, batch_size: int, num_work
         loader = ffcv_io.ffcv_loader(path, image_size, per_rank, num_workers, shuffle=train, seed=seed,
                                      drop_last=train and drop_last, os_cache=os_cache,
                                      quasi_random=order == "quasi_random", distributed=distributed, arrays=arrays,
-                                     augment=sample_aug, decoder=decoder if train else "center_crop")
+                                     augment=sample_aug, decoder=decoder if train else "center_crop",
+                                     normalize=None if arrays else normalize)
         return FfcvSource(loader, meta.get("classes"), int(loader.reader.num_samples), int(meta.get("channels", 3)),
                           meta.get("skipped", 0), image_size if arrays else None,
-                          loader.augment_op.set_epoch if sample_aug else None)
+                          loader.augment_op.set_epoch if sample_aug else None, normalized=normalize is not None and not arrays)
     if train and check_choice(decoder, DECODERS, "decoder") != "center_crop":
         raise DynconvError(f"data.decoder={decoder} is FFCV's: convert {path} to a .beton, or use "
                            "data.decoder=center_crop")

@@ -35,8 +35,8 @@ class FitSpec:
 
     epochs: int
     device: torch.device
-    train_transform: Callable   # (uint8 batch, epoch, micro-step) -> float batch on device
-    eval_transform: Callable    # uint8 batch -> float batch on device
+    train_transform: Callable   # (source batch, epoch, micro-step) -> float batch on device
+    eval_transform: Callable    # source batch -> float batch on device
     dropout: ChannelDropout
     run_dir: Path
     manifest: dict              # written into every checkpoint (model name/kwargs, channels, ...)
