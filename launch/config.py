@@ -83,6 +83,7 @@ class ModelConfig(_Section):
     stem_mode: Literal[*STEM_MODES] | None = D(None, "channel-adaptive first conv (dynamic_* models; default prefix)")
     stem: Literal[*STEM_PRESETS] | None = D(None, "stem geometry: torchvision 7x7/2 (default) or the study's 7x7/1")
     stem_rescale: bool | None = D(None, "slice stem: scale by C/k when channels are missing")
+    stem_args: dict[str, int | float | str] | None = D(None, "the stem mode's own settings, e.g. model.stem_args.num_templates=8 (docs/models.md)")
     norm: Literal[*NORM_MODES] | None = D(None, "normalisation: shared BatchNorm, per-subset statistics, GroupNorm (with train.grad_clip)")
     switchable_stages: int | None = D(None, "norm=switchable: only the stem's norm and the first N stages", ge=0)
     switchable_affine: bool | None = D(None, "norm=switchable: per-subset gamma/beta too")

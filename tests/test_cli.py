@@ -161,3 +161,21 @@ def test_a_mistyped_key_is_answered_with_the_key_meant(override, suggestion):
     with pytest.raises(DynconvError) as err:
         load_config(CONFIG, [override])
     assert str(err.value).startswith(f"unknown config key '{override.split('=')[0]}': did you mean '{suggestion}'?")
+
+
+@pytest.mark.slow
+def test_stem_args_reach_the_model_its_checkpoint_and_eval(tiny_data, tmp_path):
+    import torch
+
+    run_dir = tmp_path / "run"
+    assert run_cli(*train_args(tiny_data, run_dir, "train.epochs=1", "tracking.enabled=false", "eval.subsets=RGB,R",
+                               "model.stem_mode=template_mixing", "model.stem_args.num_templates=4")) == 0
+    ckpt = torch.load(run_dir / "model.pt", weights_only=False)
+    assert ckpt["dynconv"]["model_kwargs"]["stem_args"] == {"num_templates": 4}
+    assert ckpt["model"]["conv1.templates"].shape[0] == 4
+    out = tmp_path / "eval.json"
+    assert run_cli("eval", run_dir / "model.pt", "--data", tiny_data / "val.beton", "--subsets", "RGB,R",
+                   "--json", out) == 0  # rebuilt with 4 templates: the weights load
+    assert json.loads(out.read_text())["subsets"] == json.loads((run_dir / "eval.json").read_text())["subsets"]
+    bad = cli(*train_args(tiny_data, tmp_path / "bad", "model.stem_mode=hypernet", "model.stem_args.templates=4"))
+    assert_one_line_error(bad, "stem_mode=hypernet has no setting 'templates' (takes embed_dim, hidden, init_std)")

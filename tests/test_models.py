@@ -1,6 +1,10 @@
 """Stem modes, model families, and MACs that match the original study."""
+import math
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dynconv.channel_select import forward_subset
@@ -53,9 +57,82 @@ def test_absent_channels_get_no_gradient(mode):
 def test_generated_stems_train_only_present_channel_parameters(mode):
     stem = create_stem(mode, 3, 4, "torchvision")
     stem(torch.randn(2, 2, 16, 16), (0, 2)).square().sum().backward()
-    per_channel = {"template_mixing": "mix", "hypernet": "embedding", "depthwise": "gain"}[mode]
-    g = getattr(stem, per_channel).grad.abs().sum(dim=1)
-    assert g[0] > 0 and g[2] > 0 and g[1] == 0
+    per_channel = {"template_mixing": ["mix"], "hypernet": ["embedding"], "depthwise": ["bank", "channel_weight"]}
+    for name in per_channel[mode]:
+        g = getattr(stem, name).grad.abs().reshape(3, -1).sum(1)
+        assert g[0] > 0 and g[2] > 0 and g[1] == 0, name
+
+
+def _conv(x, w):
+    return F.conv2d(x, w, stride=2, padding=3)  # the torchvision preset
+
+
+def _set(param: torch.Tensor, seed: int) -> torch.Tensor:
+    with torch.no_grad():
+        param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(seed)))
+    return param.detach()
+
+
+def test_template_mixing_follows_its_equation_and_the_reference_start():
+    """W[:, i] = Σ_t α[i, t] T_t; 16 templates and orthogonal α by default; settable count and scale."""
+    stem = create_stem("template_mixing", 3, 4, "torchvision")
+    assert stem.templates.shape == (16, 4, 7, 7)
+    torch.testing.assert_close(stem.mix @ stem.mix.T, torch.eye(3))  # orthonormal rows: filters at T's scale
+    assert stem.channel_filters([0, 1, 2]).std().item() == pytest.approx(math.sqrt(2 / (4 * 49)), rel=0.2)
+    stem = create_stem("template_mixing", 3, 4, "torchvision", stem_args={"num_templates": 5, "init_std": 0.5})
+    templates, mix = _set(stem.templates, 0), _set(stem.mix, 1)
+    assert templates.shape == (5, 4, 7, 7)
+    x = torch.randn(2, 2, 16, 16)
+    w = torch.stack([sum(mix[i, t] * templates[t] for t in range(5)) for i in (2, 0)], dim=1)
+    torch.testing.assert_close(stem(x, (2, 0)), _conv(x, w))
+    assert create_stem("template_mixing", 3, 64, stem_args={"init_std": 0.5}).templates.std().item() == \
+        pytest.approx(0.5, rel=0.05)
+
+
+def test_hypernet_is_linear_as_the_reference():
+    """W[:, i] = reshape(B (A e_i + a) + b): embedding 128, hidden 256, no activation; starts at Kaiming scale."""
+    stem = create_stem("hypernet", 3, 4, "torchvision")
+    assert stem.embedding.shape == (3, 128) and stem.hidden.out_features == 256
+    assert stem.channel_filters([0, 1, 2]).std().item() == pytest.approx(math.sqrt(2 / (4 * 49)), rel=1e-4)
+    stem = create_stem("hypernet", 3, 4, "torchvision", stem_args={"embed_dim": 6, "hidden": 5})
+    e, A, a = _set(stem.embedding, 0), _set(stem.hidden.weight, 1), _set(stem.hidden.bias, 2)
+    B, b = _set(stem.out.weight, 3), _set(stem.out.bias, 4)
+    x = torch.randn(2, 3, 16, 16)
+    w = torch.stack([(B @ (A @ e[i] + a) + b).view(4, 7, 7) for i in (1, 0, 2)], dim=1)
+    torch.testing.assert_close(stem(x, (1, 0, 2)), _conv(x, w), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("combine", ["softmax", "weighted", "mean", "sum"])
+def test_depthwise_follows_the_reference(combine):
+    """z_i = conv(x_i, D_i) (K filters per channel), u = Σ w_i z_i, y = InstanceNorm(P u)."""
+    stem = create_stem("depthwise", 3, 4, "torchvision", stem_args={"kernels_per_channel": 2, "combine": combine})
+    bank, project = _set(stem.bank, 0), _set(stem.project.weight, 1)
+    beta = _set(stem.channel_weight, 2) if combine in ("softmax", "weighted") else None
+    gamma, shift = _set(stem.norm.weight, 3), _set(stem.norm.bias, 4)
+    x, ids = torch.randn(2, 2, 16, 16), [2, 0]
+    z = [_conv(x[:, [j]], bank[i]) for j, i in enumerate(ids)]  # (n, K, h, w) per present channel
+    w = {"softmax": torch.softmax(beta[ids], 0) if beta is not None else None, "weighted": beta[ids] if beta is not None else None,
+         "mean": torch.full((2,), 0.5), "sum": torch.ones(2)}[combine]
+    u = sum(w[j] * z[j] for j in range(2))
+    p = F.conv2d(u, project)
+    mu, var = p.mean((2, 3), keepdim=True), p.var((2, 3), unbiased=False, keepdim=True)
+    expected = (p - mu) / torch.sqrt(var + 1e-5) * gamma.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    torch.testing.assert_close(stem(x, tuple(ids)), expected, rtol=1e-4, atol=1e-4)
+    assert stem.bank.shape == (3, 2, 1, 7, 7)
+    assert create_stem("depthwise", 3, 4).bank.shape == (3, 64, 1, 7, 7)  # the reference's 64 per channel
+
+
+@pytest.mark.parametrize("mode, args, message", [
+    ("template_mixing", {"templates": 4}, "has no setting 'templates' (takes num_templates, init_std)"),
+    ("depthwise", {"combine": "max"}, "combine must be one of softmax, weighted, mean, sum"),
+    ("hypernet", {"hidden": 0}, "hidden must be a positive int"),
+    ("slice", {"num_templates": 4}, "stem_mode=slice has no setting 'num_templates' (takes none)"),
+])
+def test_bad_stem_args_are_one_line_errors(mode, args, message):
+    from dynconv.errors import DynconvError
+
+    with pytest.raises(DynconvError, match=re.escape(message)):
+        create_stem(mode, 3, 4, stem_args=args)
 
 
 def test_target_stem_is_one_plain_conv_per_subset():
@@ -163,3 +240,17 @@ def test_channels_last_and_compiled_forward():
         torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-4)
         compiled = torch.compile(model)
         torch.testing.assert_close(compiled(x[:, [0, 2]], channels=(0, 2)), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_flops_init_stats_report_the_starting_scale(capsys):
+    from helpers import run_cli
+
+    def scales(*argv) -> tuple[float, float]:
+        assert run_cli("flops", "dynamic_resnet18", "--init-stats", *argv) == 0
+        found = re.search(r"filters std ([\d.]+) \(plain conv, Kaiming fan_out: ([\d.]+)", capsys.readouterr().out)
+        return float(found[1]), float(found[2])
+
+    assert scales("--stem-mode", "hypernet", "--stem-arg", "init_std=0.1")[0] == 0.1
+    for mode in ("template_mixing", "hypernet", "slice", "target"):
+        filters, kaiming = scales("--stem-mode", mode, "--channels", "RG")
+        assert filters == pytest.approx(kaiming, rel=0.1), mode

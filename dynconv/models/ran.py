@@ -86,10 +86,10 @@ class ResidualAttentionNet(SubsetModel):
 
     def __init__(self, num_classes: int, in_chans: int, stem_mode: str | None, stem: str, stem_rescale: bool,
                  p: int = 0, t: int = 2, tail: tuple[int, int] = (1, 0), norm: str = "shared",
-                 switchable_stages: int | None = None, switchable_affine: bool = False):
+                 switchable_stages: int | None = None, switchable_affine: bool = False, stem_args: dict | None = None):
         super().__init__()
         self.in_chans = in_chans
-        self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale)
+        self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale, stem_args)
         self.bn1 = nn.BatchNorm2d(64)
         self.channel_adaptive = stem_mode is not None
         self.body = nn.Sequential(
@@ -115,7 +115,8 @@ class ResidualAttentionNet(SubsetModel):
 @register_model
 def ran2(num_classes: int = 1000, in_chans: int = 3, stem_mode: str | None = None, stem: str = "torchvision",
          stem_rescale: bool = False, norm: str = "shared", switchable_stages: int | None = None,
-         switchable_affine: bool = False) -> nn.Module:
+         switchable_affine: bool = False, stem_args: dict | None = None) -> nn.Module:
     """The study's two-stage Residual Attention Network; ``stem_mode`` makes its first conv adaptive."""
     return ResidualAttentionNet(num_classes, in_chans, stem_mode, stem, stem_rescale, norm=norm,
-                                switchable_stages=switchable_stages, switchable_affine=switchable_affine)
+                                switchable_stages=switchable_stages, switchable_affine=switchable_affine,
+                                stem_args=stem_args)

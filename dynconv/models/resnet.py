@@ -18,11 +18,11 @@ class ResNet(SubsetModel):
 
     def __init__(self, arch: str, num_classes: int, in_chans: int, stem_mode: str | None, stem: str,
                  stem_rescale: bool, norm: str = "shared", switchable_stages: int | None = None,
-                 switchable_affine: bool = False):
+                 switchable_affine: bool = False, stem_args: dict | None = None):
         super().__init__()
         self.in_chans = in_chans
         tv = getattr(tvm, arch)(weights=None, num_classes=num_classes)
-        self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale)
+        self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale, stem_args)
         for name in ("bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
             setattr(self, name, getattr(tv, name))
         self.channel_adaptive = stem_mode is not None
@@ -70,15 +70,18 @@ def resnet34(num_classes: int = 1000, in_chans: int = 3, stem: str = "torchvisio
 @register_model
 def dynamic_resnet18(num_classes: int = 1000, in_chans: int = 3, stem_mode: str = "prefix",
                      stem: str = "torchvision", stem_rescale: bool = False, norm: str = "shared",
-                     switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
-    """ResNet18 whose first conv accepts any non-empty subset of the ``in_chans`` channels."""
+                     switchable_stages: int | None = None, switchable_affine: bool = False,
+                     stem_args: dict | None = None) -> nn.Module:
+    """ResNet18 whose first conv accepts any non-empty subset of the ``in_chans`` channels; ``stem_args``:
+    the stem mode's own settings (:func:`dynconv.layers.stem_options`)."""
     return ResNet("resnet18", num_classes, in_chans, stem_mode, stem, stem_rescale, norm, switchable_stages,
-                  switchable_affine)
+                  switchable_affine, stem_args)
 
 
 @register_model
 def dynamic_resnet34(num_classes: int = 1000, in_chans: int = 3, stem_mode: str = "prefix",
                      stem: str = "torchvision", stem_rescale: bool = False, norm: str = "shared",
-                     switchable_stages: int | None = None, switchable_affine: bool = False) -> nn.Module:
+                     switchable_stages: int | None = None, switchable_affine: bool = False,
+                     stem_args: dict | None = None) -> nn.Module:
     return ResNet("resnet34", num_classes, in_chans, stem_mode, stem, stem_rescale, norm, switchable_stages,
-                  switchable_affine)
+                  switchable_affine, stem_args)
