@@ -81,7 +81,7 @@ def main() -> None:
 
             def run_epoch(e: int) -> int:
                 n = 0
-                for step, (x, _) in enumerate(source.epoch(e)):
+                for step, (x, _) in enumerate(source.epoch(e, copy=False)):  # as the trainer (one micro-batch a step)
                     n += transform(x, e, step).shape[0]
                 return n
             return run_epoch

@@ -199,18 +199,28 @@ def read_beton_meta(path: Path) -> dict:
 _WARP_FLAGS = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # bilinear; the map goes output -> input
 
 
+_FLIP_CODES = {(False, False): None, (True, False): 1, (False, True): 0, (True, True): -1}  # cv2.flip's
+
+
 class LoaderAugment(Operation):
     """:class:`SampleAugment` inside FFCV's image pipeline, on uint8 images on the CPU (HWC, or CHW for
     N-channel arrays). Draws depend on (seed, epoch, sample index): FFCV hands the operation the batch's
     sample indices. Flips are exact index reversals; rotation + perspective (flips folded in) are one
     ``cv2.warpPerspective`` per image: bilinear, zeros outside, as ``grid_sample`` on the device side.
-    OpenCV releases the GIL, so ``threads`` threads warp a batch in parallel. Images normalised earlier in
-    the pipeline (float32) are warped as they are, with ``fill`` (per channel: what black became) outside."""
+    OpenCV releases the GIL, so ``threads`` threads augment a batch in parallel.
 
-    def __init__(self, augment: SampleAugment, threads: int, channels_first: bool, fill: Sequence[float] = (0.0,)):
+    With ``lut`` (:func:`~dynconv.data.augment.normalization_table`, RGB images) the operation also
+    normalises: each augmented uint8 image goes through ``cv2.LUT`` into the float32 output, bit-identical
+    to normalising afterwards. It has to be this operation: FFCV's pipeline compiler cannot place its
+    compiled ``NormalizeImage`` after a Python operation (its grouping of compiled -> Python -> compiled
+    operations never ends)."""
+
+    def __init__(self, augment: SampleAugment, threads: int, channels_first: bool, lut: np.ndarray | None = None):
         super().__init__()
+        if lut is not None and channels_first:
+            raise ValueError("lut applies to H×W×C RGB images")
         self.augment, self.threads, self.channels_first = augment, max(1, threads), channels_first
-        self.fill = tuple(float(v) for v in fill)
+        self.lut = None if lut is None else np.ascontiguousarray(lut, dtype=np.float32).reshape(1, 256, -1)
         self.epoch, self.enabled, self._pool = 0, True, None
 
     def set_epoch(self, epoch: int, enabled: bool = True) -> None:
@@ -224,36 +234,59 @@ class LoaderAugment(Operation):
         return loader_augment
 
     def declare_state_and_memory(self, previous_state):
-        return replace(previous_state, jit_mode=False), AllocationQuery(previous_state.shape, previous_state.dtype)
+        dtype = previous_state.dtype if self.lut is None else np.dtype(np.float32)
+        return replace(previous_state, jit_mode=False, dtype=dtype), AllocationQuery(previous_state.shape, dtype)
 
     def __call__(self, images: np.ndarray, dst: np.ndarray, indices) -> np.ndarray:
-        if not self.enabled:
+        if not self.enabled and self.lut is None:
             return images
-        draw = self.augment.draw(self.epoch, indices)
-        maps = draw.full_maps()
-        if maps is None:
-            rows, cols = (1, 2) if self.channels_first else (0, 1)  # spatial axes of one image
-            for k, (hf, vf) in enumerate(zip(draw.hflip.tolist(), draw.vflip.tolist())):
-                axes = (rows,) * vf + (cols,) * hf
-                dst[k] = np.flip(images[k], axes) if axes else images[k]
-            return dst
-        h, w = images.shape[2:4] if self.channels_first else images.shape[1:3]
-        pix = pixel_maps(maps, h, w).numpy()
-
-        def warp_range(lo: int, hi: int) -> None:
-            for k in range(lo, hi):
-                for src, out in zip(images[k], dst[k]) if self.channels_first else [(images[k], dst[k])]:
-                    cv2.warpPerspective(src, pix[k], (w, h), dst=out, flags=_WARP_FLAGS,
-                                        borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill)
-
         n = len(images)
+        maps, flips = None, [(False, False)] * n
+        if self.enabled:
+            draw = self.augment.draw(self.epoch, indices)
+            maps = draw.full_maps()
+            flips = list(zip(draw.hflip.tolist(), draw.vflip.tolist()))
+        h, w = images.shape[2:4] if self.channels_first else images.shape[1:3]
+        pix = None if maps is None else pixel_maps(maps, h, w).numpy()
+
+        def warp(src: np.ndarray, k: int, out: np.ndarray) -> np.ndarray:
+            return cv2.warpPerspective(src, pix[k], (w, h), dst=out, flags=_WARP_FLAGS,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+        def augment_range(lo: int, hi: int) -> None:
+            scratch = None if self.lut is None or pix is None else np.empty(images.shape[1:], images.dtype)
+            for k in range(lo, hi):
+                if self.channels_first:  # N-channel arrays: one plane at a time
+                    if pix is None:
+                        hf, vf = flips[k]
+                        axes = (1,) * vf + (2,) * hf
+                        dst[k] = np.flip(images[k], axes) if axes else images[k]
+                    else:
+                        for plane, out in zip(images[k], dst[k]):
+                            warp(plane, k, out)
+                    continue
+                code = _FLIP_CODES[flips[k]]
+                if self.lut is None:
+                    if pix is not None:
+                        warp(images[k], k, dst[k])
+                    elif code is None:
+                        dst[k] = images[k]
+                    else:
+                        cv2.flip(images[k], code, dst=dst[k])
+                    continue
+                if pix is not None:
+                    src = warp(images[k], k, scratch)
+                else:
+                    src = images[k] if code is None else cv2.flip(images[k], code)
+                cv2.LUT(src, self.lut, dst=dst[k])
+
         if self.threads == 1 or n < 2:
-            warp_range(0, n)
+            augment_range(0, n)
             return dst
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dynconv-augment")
         bounds = np.linspace(0, n, min(n, self.threads) + 1).astype(int).tolist()
-        for f in [self._pool.submit(warp_range, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+        for f in [self._pool.submit(augment_range, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
             f.result()
         return dst
 
@@ -285,23 +318,20 @@ def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, 
     decode = (RandomResizedCropRGBImageDecoder((image_size, image_size)) if decoder == "random_resized_crop" else
               CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0))  # RRC: FFCV's ImageNet recipe's
     image = [NDArrayDecoder(), ToTensor()] if arrays else [decode, ToTensor(), ToTorchImage()]
-    fill = (0.0,)
+    table, op = None, None
     if normalize is not None:
         if arrays:
             raise ValueError("normalize applies to RGB images; N-channel arrays are resized after the loader")
-        from ffcv.transforms import NormalizeImage
+        table = normalization_table(*normalize)  # the values BatchTransform computes, bit for bit
+        if augment is None:
+            from ffcv.transforms import NormalizeImage
 
-        norm = NormalizeImage(*(255 * np.asarray(v, dtype=np.float64) for v in normalize), np.float32)
-        norm.lookup_table = normalization_table(*normalize)  # the values BatchTransform computes, bit for bit
-        image.insert(1, norm)
-        fill = tuple(norm.lookup_table[0].tolist())  # black, normalised
-    op = None
-    if augment is not None:
-        # after the normalisation: FFCV's pipeline compiler allows one change from compiled (numba) operations
-        # to Python ones, not back (its grouping never ends for decode -> augment -> normalise); warping the
-        # normalised image is the same affine map of the same pixels, without rounding back to uint8
-        op = LoaderAugment(augment, num_workers, channels_first=arrays, fill=fill)
-        image.insert(2 if normalize is not None else 1, op)
+            norm = NormalizeImage(*(255 * np.asarray(v, dtype=np.float64) for v in normalize), np.float32)
+            norm.lookup_table = table
+            image.insert(1, norm)
+    if augment is not None:  # with normalize, it normalises too (see LoaderAugment)
+        op = LoaderAugment(augment, num_workers, channels_first=arrays, lut=table)
+        image.insert(1, op)
     pipelines = {"image": image, "label": [IntDecoder(), ToTensor(), Squeeze(1)]}
     order = OrderOption.SEQUENTIAL
     if shuffle:  # FFCV's quasi-random order does not support distributed=True: use random there

@@ -59,18 +59,20 @@ class DataSource:
         self.backend = backend or self.backend
         self.num_channels, self.skipped = num_channels, skipped
 
-    def epoch(self, epoch: int, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, augment: bool = True, copy: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate one epoch; shuffling depends only on (seed, epoch), loader-side augmentation (if the
         source has it and ``augment``) only on (seed, epoch, sample index). Batches stay valid after the
-        next one is drawn (callers may keep them)."""
+        next one is drawn (callers may keep them); with ``copy=False`` a batch may be valid only until the
+        next one is drawn (FFCV refills its buffers), which spares a copy per batch to a loop that is done
+        with each batch before it draws the next."""
         self._start_epoch(epoch, augment)
-        for x, y in self._iterate():
+        for x, y in self._iterate(copy):
             yield x, y.view(-1).to(torch.long)
 
     def _start_epoch(self, epoch: int, augment: bool) -> None:
         """Seed this epoch's order and augmentation."""
 
-    def _iterate(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _iterate(self, copy: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -95,7 +97,7 @@ class FolderSource(DataSource):
         if self.set_augment_epoch is not None:
             self.set_augment_epoch(epoch, augment)
 
-    def _iterate(self):
+    def _iterate(self, copy: bool = True):  # the DataLoader hands out fresh tensors
         it = iter(self.batches)
         try:
             yield from it
@@ -128,11 +130,11 @@ class FfcvSource(DataSource):
             self.set_augment_epoch(epoch, augment)
         self.batches.next_epoch = epoch  # its random order is seeded by (seed, epoch)
 
-    def _iterate(self):
+    def _iterate(self, copy: bool = True):
         for x, y in self.batches:
             if self.resize_to and x.shape[-1] != self.resize_to:
                 x = square_resize(x, self.resize_to)
-            else:
+            elif copy:
                 x = x.clone()
             yield x, y.clone()
 

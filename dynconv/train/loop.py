@@ -103,7 +103,8 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
         t = all_reduce_sum(acc.clone()).cpu()
         return {"loss_sum": t[0], "correct": t[1], "seen": t[2]}
 
-    bar = tqdm(source.epoch(epoch), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
+    # one micro-batch per step is done with before the next is drawn: no copy of FFCV's buffers needed
+    bar = tqdm(source.epoch(epoch, copy=k > 1), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
                disable=None if strategy.is_main else True, unit="batch")
     batches = iter(bar)
     stoppers = [h for h in spec.hooks if overrides(h, "should_stop")]  # the same hooks on every process
