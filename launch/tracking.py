@@ -124,10 +124,11 @@ class MlflowRun:
         atomic_write_text(self.run_dir / MLFLOW_RUN, json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
 
     @classmethod
-    def attach(cls, uri: str, run_id: str) -> "MlflowRun":
-        """An existing run (to add artifacts or metrics), without touching any run folder."""
+    def attach(cls, uri: str, run_id: str, run_dir: Path | None = None) -> "MlflowRun":
+        """An existing run (to add artifacts or metrics); with ``run_dir``, the run folder whose buffered
+        records it delivers (:meth:`flush`), without writing its ``mlflow_run.json``."""
         self = cls.__new__(cls)
-        self.uri, self.run_dir, self.client, self.run_id = uri, None, mlflow_client(existing_store(uri)), run_id
+        self.uri, self.run_dir, self.client, self.run_id = uri, run_dir, mlflow_client(existing_store(uri)), run_id
         try:
             self.client.get_run(run_id)
         except Exception:
@@ -302,8 +303,7 @@ def sync_run_dir(run_dir: str | Path) -> tuple[str, int, int]:
     info = recorded_mlflow_run(run_dir)
     if info is None:
         raise DynconvError(f"{run_dir} has no readable {MLFLOW_RUN}: pass a run.dir of a run that logged to MLflow")
-    run = MlflowRun.attach(info["tracking_uri"], info["run_id"])
-    run.run_dir = run_dir
+    run = MlflowRun.attach(info["tracking_uri"], info["run_id"], run_dir)
     total = len(run.pending())
     left = run.flush()
     return info["run_id"], total - left, left

@@ -110,8 +110,7 @@ def settle_trial_runs(rows: list[TrialRow], trials_dir: Path) -> None:
             continue
         stopped = not row.finished and not row.error
         try:
-            run = MlflowRun.attach(info["tracking_uri"], info["run_id"])
-            run.run_dir = run_dir
+            run = MlflowRun.attach(info["tracking_uri"], info["run_id"], run_dir)
             run.flush()
             if run.client.get_run(run.run_id).info.status == "RUNNING":
                 if stopped:

@@ -254,7 +254,7 @@ class LoaderAugment(Operation):
                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
         def augment_range(lo: int, hi: int) -> None:
-            scratch = None if self.lut is None or pix is None else np.empty(images.shape[1:], images.dtype)
+            scratch = None if self.lut is None else np.empty(images.shape[1:], images.dtype)
             for k in range(lo, hi):
                 if self.channels_first:  # N-channel arrays: one plane at a time
                     if pix is None:
@@ -265,20 +265,18 @@ class LoaderAugment(Operation):
                         for plane, out in zip(images[k], dst[k]):
                             warp(plane, k, out)
                     continue
+                out = dst[k] if self.lut is None else scratch  # the augmented uint8 image goes here
                 code = _FLIP_CODES[flips[k]]
-                if self.lut is None:
-                    if pix is not None:
-                        warp(images[k], k, dst[k])
-                    elif code is None:
-                        dst[k] = images[k]
-                    else:
-                        cv2.flip(images[k], code, dst=dst[k])
-                    continue
                 if pix is not None:
-                    src = warp(images[k], k, scratch)
+                    src = warp(images[k], k, out)
+                elif code is not None:
+                    src = cv2.flip(images[k], code, dst=out)
                 else:
-                    src = images[k] if code is None else cv2.flip(images[k], code)
-                cv2.LUT(src, self.lut, dst=dst[k])
+                    src = images[k]
+                if self.lut is not None:
+                    cv2.LUT(src, self.lut, dst=dst[k])
+                elif pix is None and code is None:
+                    dst[k] = src
 
         if self.threads == 1 or n < 2:
             augment_range(0, n)
@@ -299,9 +297,10 @@ def ffcv_loader(path: Path, image_size: int, batch_size: int, num_workers: int, 
     resized by FFCV; N-channel arrays come back at their stored size (the caller resizes). With
     ``augment`` the images are augmented in the pipeline; the loader's ``augment_op.set_epoch(epoch,
     enabled)`` says which epoch's draws to use. With ``normalize=(mean, std)`` (0-1 scale; RGB images only)
-    FFCV's ``NormalizeImage`` turns them into normalised float32 in the pipeline's threads, as FFCV's own
-    recipe does: for training on the CPU, where the pipeline's threads then do work the training thread
-    would otherwise do."""
+    the pipeline's threads turn them into normalised float32, bit-identical to :class:`BatchTransform`'s —
+    FFCV's ``NormalizeImage`` with dynconv's lookup table, or, with ``augment``, :class:`LoaderAugment` —
+    as FFCV's own recipe does: for training on the CPU, where those threads then do work the training
+    thread would otherwise do."""
     from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder, NDArrayDecoder,
                                       RandomResizedCropRGBImageDecoder)
     from ffcv.loader import Loader, OrderOption
