@@ -266,11 +266,31 @@ class MlflowTracking(Hook):
         if self.uri.startswith(("http://", "https://")):
             exp = self.run.client.get_run(self.run.run_id).info.experiment_id
             log.info(f"  in the MLflow UI: {run_page(self.uri, exp, self.run.run_id)}")
+        if resume and info.get("start_epoch_metrics"):
+            self._log_if_missing(info["start_epoch"], info["start_epoch_metrics"])
         if self.inputs and not resume:
             try:
                 self.run.client.log_inputs(self.run.run_id, datasets=[dataset_input(*i) for i in self.inputs])
             except Exception as e:  # noqa: BLE001 - tracking never stops a run
                 warnings.warn(f"could not log the data sets to MLflow: {str(e).splitlines()[0][:120]}", stacklevel=2)
+
+    def _log_if_missing(self, epoch: int, metrics: dict[str, float]) -> None:
+        """The metrics of the epoch a resumed run continues after, unless the run has them: a job killed between
+        that epoch's checkpoint and its metrics (a node that died, SIGKILL) would otherwise leave a gap."""
+        logged = {logged_name(k): v for k, v in metrics.items()}
+        try:
+            self.run.flush()  # records buffered before the kill come first
+            if any(r["op"] == "metrics" and r["step"] == epoch for r in self.run.pending()):
+                return
+            history = self.run.client.get_metric_history(self.run.run_id, next(iter(logged)))
+        except Exception as e:  # noqa: BLE001 - tracking never stops a run
+            warnings.warn(f"could not check MLflow for epoch {epoch}'s metrics ({str(e).splitlines()[0][:80]}); "
+                          "not logging them again", stacklevel=2)
+            return
+        if not any(m.step == epoch for m in history):
+            log.info(f"epoch {epoch}'s metrics were not in the MLflow run (the job ended before it logged them): "
+                     "logging them from the checkpoint")
+            self.run.log_metrics(logged, step=epoch)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
         self.run.log_metrics({logged_name(k): v for k, v in metrics.items()}, step=epoch)

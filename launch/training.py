@@ -255,7 +255,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             start_epoch = int(state["epoch"])
             if ema is not None and state.get("ema") is not None:
                 ema.load_state_dict(state["ema"])
-            resume = {k: state[k] for k in ("step", "partial", "bad_steps") if state.get(k) is not None}
+            resume = {k: state[k] for k in ("step", "partial", "bad_steps", "epoch_metrics") if state.get(k) is not None}
             where = f"epoch {start_epoch + 1} step {resume['step']}" if "step" in resume else f"epoch {start_epoch + 1}"
             if dist_info.is_main:
                 log.info(f"resuming at {where} from {found[0]}")

@@ -33,12 +33,24 @@ def _distributed_env() -> submitit.JobEnvironment:
         # overwrite: values inherited from the submitting process (sbatch exports its environment; a job
         # submitted from a torchrun worker or another job carries that one's MASTER_ADDR/RANK) are not this job's
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        print(f"rank {env.global_rank}/{env.num_tasks} on {env.hostname} ({host_address(env.hostname)}), node "
+              f"{env.node}/{env.num_nodes}; rendezvous {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", flush=True)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:
         import torch
 
         torch.set_num_threads(int(cpus))
     return env
+
+
+def host_address(hostname: str) -> str:
+    """The address ``hostname`` resolves to here (the one gloo/NCCL bind to), or ``?``."""
+    import socket
+
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError:
+        return "?"
 
 
 def job_tags(env: submitit.JobEnvironment) -> dict[str, str]:
@@ -83,7 +95,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 submitit_handler(usr_sig, None)  # rank 0: checkpoint() + requeue + exit; other ranks return
             return {"preempted": True, "rank": env.global_rank, "epoch": e.epoch, "step": e.step}
         report = result.get("report")
-        return {"rank": env.global_rank, "world": env.num_tasks, "run_dir": result["run_dir"],
+        return {"rank": env.global_rank, "world": env.num_tasks, "host": env.hostname, "run_dir": result["run_dir"],
                 "run_id": result.get("run_id"), "summary": report["summary"] if report else None}
 
 

@@ -45,20 +45,22 @@ def textures_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real single-node Slurm (slurm/cluster/local-cluster.sh up: installs slurm-wlm/munge/MariaDB when missing).
-    Left running if it was already up; stopped at the end if this session started it."""
+    """A real Slurm cluster on this machine (slurm/cluster/local-cluster.sh up --nodes 2: installs slurm-wlm,
+    munge and MariaDB when missing): this host's node in partition ``debug`` (the default) and two compute
+    hosts ``dcnode1``/``dcnode2``, each in its own network namespace, in partition ``multi``. Left running if it
+    was already up; stopped (namespaces and bridge removed) at the end if this session started it."""
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "slurm" / "cluster" / "local-cluster.sh"
-    was_up = subprocess.run(["bash", str(script), "status"], capture_output=True).returncode == 0
-    if not was_up:
-        r = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=1200)
-        if r.returncode != 0:
-            tail = " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
-            pytest.skip(f"slurmctld could not start on this machine: {tail}")
+    from slurm_helpers import CLUSTER_SCRIPT
+
+    was_up = subprocess.run(["bash", str(CLUSTER_SCRIPT), "status"], capture_output=True).returncode == 0
+    r = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", "--nodes", "2"], capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:
+        tail = " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+        pytest.fail(f"the local Slurm cluster did not start: {tail}")
     yield
     if not was_up:
-        subprocess.run(["bash", str(script), "down"], capture_output=True, timeout=120)
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "down"], capture_output=True, timeout=180)
 
 
 @pytest.fixture(autouse=True)

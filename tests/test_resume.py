@@ -21,6 +21,44 @@ def test_truncated_newest_checkpoint_is_skipped(tmp_path):
         assert latest_checkpoint(tmp_path) == epoch_checkpoint(tmp_path, 1)
 
 
+
+def test_an_epoch_whose_metrics_never_reached_mlflow_is_logged_once_on_resume(tiny_data, tmp_path, monkeypatch):
+    """A job killed between an epoch's checkpoint and its metrics (a node that died) resumes after that epoch:
+    the metrics come from the checkpoint, so the run's history has no gap, and a resume after an epoch that
+    was logged adds nothing twice."""
+    from mlflow.tracking import MlflowClient
+
+    from dynconv.launch import tracking
+    from dynconv.launch.config import load_config
+    from dynconv.launch.training import run_training
+
+    run_dir = tmp_path / "run"
+    argv = [a for a in resume_args(tiny_data, run_dir, "train.epochs=1") if a != "tracking.enabled=false"]
+    cfg = load_config(argv[2], argv[3:])
+
+    def killed(self, epoch, metrics, checkpoint):
+        raise KeyboardInterrupt  # the process ends here: epoch 1's checkpoint is written, its metrics are not
+
+    with monkeypatch.context() as m:
+        m.setattr(tracking.MlflowTracking, "on_epoch_end", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(cfg)
+    saved = torch.load(run_dir / "checkpoints" / "epoch_0001.pt", weights_only=False)["epoch_metrics"]
+    client = MlflowClient(tracking.default_tracking_uri(run_dir))
+    run_id = __import__("json").loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert client.get_metric_history(run_id, "curves/train_loss") == []
+
+    def resume(epochs: int) -> None:
+        train = cfg.train.model_copy(update={"resume": "auto", "epochs": epochs})
+        assert run_training(cfg.model_copy(update={"train": train}))["run_id"] == run_id
+
+    resume(2)
+    history = client.get_metric_history(run_id, "curves/train_loss")
+    assert [h.step for h in history] == [1, 2] and history[0].value == pytest.approx(saved["train_loss"])
+    resume(3)  # from epoch 2's checkpoint, whose metrics the run has
+    assert [h.step for h in client.get_metric_history(run_id, "curves/train_loss")] == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_stop_request_checkpoints_at_a_step_and_resume_continues_the_same_mlflow_run(tiny_data, tmp_path):
     """What a Slurm pre-emption does in-process: stop at a step boundary, checkpoint, mark the MLflow run

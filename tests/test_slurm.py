@@ -4,51 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import CONFIG, run_cli
+from helpers import run_cli
+from slurm_helpers import mlflow_of, records, job_args, wait_for_file, wait_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
-
-
-def _train(data: Path, *extra: str) -> list[str]:
-    return ["--config", str(CONFIG), f"data.train={data / 'train'}", f"data.val={data / 'val'}",
-            "model.num_classes=4", "data.image_size=32", "train.batch_size=32", "data.num_workers=0",
-            "train.epochs=2", "eval.subsets=RGB,R", *extra]
-
-
-def _records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(root.glob("*/submission.json"))]
-
-
-def _mlflow(run_dir: str):
-    from mlflow.tracking import MlflowClient
-
-    from dynconv.launch.tracking import default_tracking_uri
-
-    run_id = json.loads((Path(run_dir) / "mlflow_run.json").read_text())["run_id"]
-    return MlflowClient(default_tracking_uri(run_dir)), run_id
-
-
-def _wait_state(job_id: str, states: set[str], timeout: float = 240) -> str:
-    deadline = time.time() + timeout
-    state = ""
-    while time.time() < deadline:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True).stdout
-        state = out.split()[0] if out.split() else ""
-        if state in states:
-            return state
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} still {state!r} after {timeout} s")
 
 
 def test_dry_run_prints_the_requested_resources(tiny_data, tmp_path, capsys):
     assert run_cli("submit", "--dry-run", "--folder", tmp_path / "jobs", "--nodes", "1", "--tasks-per-node", "2",
                    "--cpus-per-task", "1", "--mem", "1G", "--time", "45", "--partition", "debug", "--name", "drytest",
-                   *_train(tiny_data)) == 0
+                   *job_args(tiny_data)) == 0
     script = capsys.readouterr().out
     for line in ("#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=1GB",
                  "#SBATCH --time=45", "#SBATCH --partition=debug", "#SBATCH --job-name=drytest",
@@ -59,19 +28,19 @@ def test_dry_run_prints_the_requested_resources(tiny_data, tmp_path, capsys):
 
 def test_training_job_completes_and_logs_to_mlflow_then_jobs_logs_and_an_eval_job(tiny_data, tmp_path, capsys):
     root = tmp_path / "jobs"
-    assert run_cli("submit", "--folder", root, "--time", "30", "--wait", *_train(tiny_data)) == 0
-    (rec,) = _records(root)
+    assert run_cli("submit", "--folder", root, "--time", "30", "--wait", *job_args(tiny_data)) == 0
+    (rec,) = records(root)
     (job,) = rec["jobs"]
     folder = Path(rec["executor_folder"]).parent
     assert folder.stat().st_mode & 0o777 == 0o700 and root.stat().st_mode & 0o777 == 0o700
-    client, run_id = _mlflow(job["run_dir"])
+    client, run_id = mlflow_of(job["run_dir"])
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["slurm.job_id"] == job["job_id"]
     assert [m.step for m in client.get_metric_history(run_id, "curves/train_loss")] == [1, 2]
     assert {"subset/RGB/acc", "subset/R/acc", "subset/worst_subset_acc"} <= set(run.data.metrics)
 
     capsys.readouterr()
-    _wait_state(job["job_id"], {"COMPLETED"})
+    wait_state(job["job_id"], {"COMPLETED"})
     assert run_cli("jobs", "--folder", root) == 0
     listing = capsys.readouterr().out
     assert job["job_id"] in listing and "COMPLETED" in listing and run_id in listing
@@ -91,13 +60,13 @@ def test_array_of_three_gives_three_tagged_mlflow_runs(tiny_data, tmp_path):
     array.write_text("- {dropout.kind: uniform_subsets}\n- {dropout.kind: constant, dropout.p: 0.3}\n"
                      "- {dropout: {kind: weighted_subsets, weights: {RGB: 2, R: 1}}}\n")
     assert run_cli("submit", "--folder", root, "--time", "30", "--array", array, "--max-parallel", "2", "--wait",
-                   *_train(tiny_data, "train.epochs=1")) == 0
-    (rec,) = _records(root)
+                   *job_args(tiny_data, "train.epochs=1")) == 0
+    (rec,) = records(root)
     assert len(rec["jobs"]) == 3
     array_ids = set()
     kinds = []
     for job in rec["jobs"]:
-        client, run_id = _mlflow(job["run_dir"])
+        client, run_id = mlflow_of(job["run_dir"])
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "subset/RGB/acc" in run.data.metrics
         array_ids.add(run.data.tags["slurm.array_job_id"])
@@ -111,8 +80,8 @@ def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_pat
         monkeypatch.setenv(key, value)
     root = tmp_path / "jobs"
     assert run_cli("submit", "--folder", root, "--time", "30", "--tasks-per-node", "2", "--wait",
-                   *_train(tiny_data)) == 0
-    (rec,) = _records(root)
+                   *job_args(tiny_data)) == 0
+    (rec,) = records(root)
     (job,) = rec["jobs"]
     logs = Path(rec["executor_folder"])
     import pickle
@@ -126,20 +95,16 @@ def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_pat
 def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tiny_data, tmp_path):
     root = tmp_path / "jobs"
     assert run_cli("submit", "--folder", root, "--time", "30",
-                   *_train(tiny_data, "train.epochs=6", "train.batch_size=16")) == 0
-    (rec,) = _records(root)
+                   *job_args(tiny_data, "train.epochs=6", "train.batch_size=16")) == 0
+    (rec,) = records(root)
     (job,) = rec["jobs"]
-    ckpt = Path(job["run_dir"]) / "checkpoints" / "epoch_0002.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert ckpt.exists(), "training did not reach epoch 2"
+    wait_for_file(Path(job["run_dir"]) / "checkpoints" / "epoch_0002.pt", "training did not reach epoch 2")
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
-    _wait_state(job["job_id"], {"COMPLETED"}, timeout=300)
+    wait_state(job["job_id"], {"COMPLETED"}, timeout=300)
 
     log = (Path(rec["executor_folder"]) / f"{job['job_id']}_0_log.out").read_text()
     assert "pre-empted at epoch" in log and "resuming at epoch" in log
-    client, run_id = _mlflow(job["run_dir"])
+    client, run_id = mlflow_of(job["run_dir"])
     assert client.get_run(run_id).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run_id, "curves/train_loss")] == [1, 2, 3, 4, 5, 6]
     runs = client.search_runs([client.get_run(run_id).info.experiment_id])
@@ -148,11 +113,11 @@ def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tiny_dat
 
 def test_cancel_a_running_job(tiny_data, tmp_path, capsys):
     root = tmp_path / "jobs"
-    assert run_cli("submit", "--folder", root, "--time", "30", *_train(tiny_data, "train.epochs=200")) == 0
-    (job,) = _records(root)[0]["jobs"]
-    _wait_state(job["job_id"], {"RUNNING"})
+    assert run_cli("submit", "--folder", root, "--time", "30", *job_args(tiny_data, "train.epochs=200")) == 0
+    (job,) = records(root)[0]["jobs"]
+    wait_state(job["job_id"], {"RUNNING"})
     assert run_cli("cancel", job["job_id"], "--folder", root) == 0
-    assert _wait_state(job["job_id"], {"CANCELLED"}) == "CANCELLED"
+    assert wait_state(job["job_id"], {"CANCELLED"}) == "CANCELLED"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -166,7 +131,7 @@ def test_bad_input_is_one_line_and_submits_nothing(tiny_data, tmp_path, capsys, 
     bad.write_text("- {train.lr: 0.01}\n- {train.lerning_rate: 0.1}\n")
     args = [str(bad) if a == "BAD" else a for a in args]
     before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
-    assert run_cli("submit", "--folder", tmp_path / "jobs", *args, *_train(tiny_data)) == 2
+    assert run_cli("submit", "--folder", tmp_path / "jobs", *args, *job_args(tiny_data)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not list((tmp_path / "jobs").glob("*/submission.json"))
@@ -175,11 +140,11 @@ def test_bad_input_is_one_line_and_submits_nothing(tiny_data, tmp_path, capsys, 
 
 def test_local_executor_runs_the_same_job_without_slurm(tiny_data, tmp_path, capsys):
     root = tmp_path / "jobs"
-    assert run_cli("submit", "--cluster", "local", "--folder", root, "--time", "30", *_train(tiny_data)) == 0
+    assert run_cli("submit", "--cluster", "local", "--folder", root, "--time", "30", *job_args(tiny_data)) == 0
     assert "finished: mean subset accuracy" in capsys.readouterr().out
-    (rec,) = _records(root)
+    (rec,) = records(root)
     (job,) = rec["jobs"]
-    client, run_id = _mlflow(job["run_dir"])
+    client, run_id = mlflow_of(job["run_dir"])
     assert client.get_run(run_id).info.status == "FINISHED"
     assert run_cli("jobs", "--folder", root) == 0
     assert f"{job['job_id']}  COMPLETED  local" in capsys.readouterr().out
@@ -193,7 +158,7 @@ def test_sweep_on_slurm_runs_ray_tune_inside_one_job(tiny_data, tmp_path, capsys
     out = tmp_path / "sweep"
     assert run_cli("sweep", "--on-slurm", "--wait", "--folder", tmp_path / "jobs", "--time", "30",
                    "--cpus-per-task", "2", "--space", space, "--search", "grid", "--scheduler", "fifo",
-                   "--out", out, *_train(tiny_data, "train.epochs=1")) == 0
+                   "--out", out, *job_args(tiny_data, "train.epochs=1")) == 0
     printed = capsys.readouterr().out
     assert "finished, best config" in printed and "| trial |" in printed
     assert (out / "best.yaml").is_file()
@@ -203,5 +168,5 @@ def test_sweep_on_slurm_runs_ray_tune_inside_one_job(tiny_data, tmp_path, capsys
     children = client.search_runs([client.get_run(summary["parent_run_id"]).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
     assert len(children) == 2 and all("subset/worst_subset_acc" in r.data.metrics for r in children)
-    (job,) = _records(tmp_path / "jobs")[0]["jobs"]
-    assert _wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"
+    (job,) = records(tmp_path / "jobs")[0]["jobs"]
+    assert wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"

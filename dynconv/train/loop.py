@@ -236,9 +236,12 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
     spec.bad_steps = int(resume.get("bad_steps", spec.bad_steps))
     per_step = getattr(scheduler, "per_step", False)
 
-    def save(epoch_done: int, epoch: int, step: int | None = None, partial: dict | None = None) -> Path | None:
+    def save(epoch_done: int, epoch: int, step: int | None = None, partial: dict | None = None,
+             metrics: dict | None = None) -> Path | None:
         state = {"dynconv": spec.manifest, "scheduler": scheduler.state_dict(), "epoch": epoch_done,
                  "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state()}
+        if metrics is not None:  # the finished epoch's (main process): a job killed before it logged them resumes
+            state["epoch_metrics"] = metrics  # after this epoch, and its tracking hook logs them then
         if spec.ema is not None:
             state["ema"] = spec.ema.state_dict()
         if step is not None:
@@ -250,7 +253,8 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
 
     for h in main_hooks:
         h.on_fit_start({"train_samples": train.num_samples, "val_samples": val.num_samples if val else 0,
-                        "start_epoch": start_epoch, "params": sum(p.numel() for p in strategy.module.parameters())})
+                        "start_epoch": start_epoch, "params": sum(p.numel() for p in strategy.module.parameters()),
+                        "start_epoch_metrics": resume.get("epoch_metrics")})
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch + 1, spec.epochs + 1):
         t0 = time.perf_counter()
@@ -275,7 +279,7 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
                     metrics[key] = accuracy(other, val, spec.eval_transform, spec.device)
             metrics["epoch_time_s"] = time.perf_counter() - t0
             log.info(f"epoch {epoch}/{spec.epochs}  " + "  ".join(epoch_field(k, v) for k, v in metrics.items()))
-        path = save(epoch, epoch)
+        path = save(epoch, epoch, metrics=metrics if strategy.is_main else None)
         for h in main_hooks:
             h.on_epoch_end(epoch, metrics, path)
     module = shipped(strategy.eval_module(), spec)
