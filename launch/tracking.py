@@ -60,10 +60,13 @@ def run_page(server: str, experiment_id: str, run_id: str) -> str:
 
 def context_tags() -> dict[str, str]:
     """MLflow's standard run context (user, source, git commit: what its fluent API would record), the git
-    checkout's dirty flag and the command line."""
+    checkout's dirty flag, the command line and the host the run's main process runs on."""
+    import socket
+
     from mlflow.tracking.context.registry import resolve_tags
 
     tags = {k: str(v) for k, v in resolve_tags().items()}
+    tags["dynconv.host"] = socket.gethostname()
     tags["dynconv.command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000]
     if "mlflow.source.git.commit" in tags:
         try:

@@ -4,6 +4,7 @@ reaches a rank on the other only over that bridge (slurm/cluster/local-cluster.s
 per session by the ``slurm_cluster`` fixture)."""
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import subprocess
@@ -103,6 +104,31 @@ def test_a_two_node_job_survives_a_preemption_and_a_node_that_dies(tiny_data, tm
     for key in ("curves/train_loss", "curves/val_acc"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4, 5, 6], key
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_sweep_over_two_nodes_runs_trials_on_both(tiny_data, tmp_path, capsys):
+    """`dynconv sweep --on-slurm --nodes 2`: the Ray head on the first node, a worker on the second; one trial
+    per node (each node has one CPU), each trial's MLflow run names its host."""
+    from mlflow.tracking import MlflowClient
+
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {grid: [0.01, 0.003]}\n")
+    out = tmp_path / "sweep"
+    assert run_cli("sweep", "--on-slurm", "--wait", "--folder", tmp_path / "jobs", "--time", "30", "--nodes", "2",
+                   "--partition", "multi", "--cpus-per-task", "1", "--space", space, "--search", "grid",
+                   "--scheduler", "fifo", "--out", out, *job_args(tiny_data, "train.epochs=1")) == 0
+    printed = capsys.readouterr().out
+    assert "finished, best config" in printed and "| trial |" in printed
+    assert (out / "best.yaml").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and len(summary["rows"]) == 2
+    client = MlflowClient(summary["tracking_uri"])
+    children = client.search_runs([client.get_run(summary["parent_run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    assert len(children) == 2 and all("subset/worst_subset_acc" in r.data.metrics for r in children)
+    assert sorted(r.data.tags["dynconv.host"] for r in children) == sorted(NODES)
+    (job,) = records(tmp_path / "jobs")[0]["jobs"]
+    assert wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"
 
 
 def test_down_removes_every_namespace_link_address_and_hosts_line_it_made():

@@ -148,25 +148,3 @@ def test_local_executor_runs_the_same_job_without_slurm(tiny_data, tmp_path, cap
     assert client.get_run(run_id).info.status == "FINISHED"
     assert run_cli("jobs", "--folder", root) == 0
     assert f"{job['job_id']}  COMPLETED  local" in capsys.readouterr().out
-
-
-def test_sweep_on_slurm_runs_ray_tune_inside_one_job(tiny_data, tmp_path, capsys):
-    from mlflow.tracking import MlflowClient
-
-    space = tmp_path / "space.yaml"
-    space.write_text("train.lr: {grid: [0.01, 0.003]}\n")
-    out = tmp_path / "sweep"
-    assert run_cli("sweep", "--on-slurm", "--wait", "--folder", tmp_path / "jobs", "--time", "30",
-                   "--cpus-per-task", "2", "--space", space, "--search", "grid", "--scheduler", "fifo",
-                   "--out", out, *job_args(tiny_data, "train.epochs=1")) == 0
-    printed = capsys.readouterr().out
-    assert "finished, best config" in printed and "| trial |" in printed
-    assert (out / "best.yaml").is_file()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "finished" and len(summary["rows"]) == 2
-    client = MlflowClient(summary["tracking_uri"])
-    children = client.search_runs([client.get_run(summary["parent_run_id"]).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
-    assert len(children) == 2 and all("subset/worst_subset_acc" in r.data.metrics for r in children)
-    (job,) = records(tmp_path / "jobs")[0]["jobs"]
-    assert wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"

@@ -116,6 +116,7 @@ def test_what_the_mlflow_ui_shows_through_its_rest_api(server, logged, tiny_data
         run = next(x for x in json.loads(r.read())["runs"] if x["info"]["run_name"] == "dyn0")
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert {"mlflow.user", "mlflow.source.name", "dynconv.command"} <= set(tags)
+    assert tags["dynconv.host"] == __import__("socket").gethostname()
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["run.name"] == "dyn0" and "None" not in params.values() and "model.switchable_stages" not in params
     metrics = {m["key"] for m in run["data"]["metrics"]}
