@@ -131,6 +131,29 @@ def test_a_sweep_over_two_nodes_runs_trials_on_both(tiny_data, tmp_path, capsys)
     assert wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"
 
 
+def test_an_array_over_two_nodes_gives_three_tagged_mlflow_runs_in_one_store(tiny_data, tmp_path):
+    """Three elements, two at a time: one on each node (one CPU each), all logging to one sqlite file."""
+    root = tmp_path / "jobs"
+    array = tmp_path / "array.yaml"
+    array.write_text("- {dropout.kind: uniform_subsets}\n- {dropout.kind: constant, dropout.p: 0.3}\n"
+                     "- {dropout: {kind: weighted_subsets, weights: {RGB: 2, R: 1}}}\n")
+    assert run_cli("submit", "--folder", root, "--time", "30", "--array", array, "--max-parallel", "2", "--wait",
+                   "--partition", "multi", *job_args(tiny_data, "train.epochs=1")) == 0
+    (rec,) = records(root)
+    assert len(rec["jobs"]) == 3
+    array_ids, kinds, hosts, stores = set(), [], set(), set()
+    for job in rec["jobs"]:
+        client, run_id = mlflow_of(job["run_dir"])
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and "subset/RGB/acc" in run.data.metrics
+        array_ids.add(run.data.tags["slurm.array_job_id"])
+        kinds.append(run.data.params["dropout.kind"])
+        hosts.add(run.data.tags["dynconv.host"])
+        stores.add(client.tracking_uri)
+    assert len(array_ids) == 1 and kinds == ["uniform_subsets", "constant", "weighted_subsets"]
+    assert hosts == set(NODES) and len(stores) == 1
+
+
 def test_down_removes_every_namespace_link_address_and_hosts_line_it_made():
     cluster("down")
     try:

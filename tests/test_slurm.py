@@ -54,26 +54,6 @@ def test_training_job_completes_and_logs_to_mlflow_then_jobs_logs_and_an_eval_jo
     assert list(json.loads(report.read_text())["subsets"]) == ["RGB", "G"]
 
 
-def test_array_of_three_gives_three_tagged_mlflow_runs(tiny_data, tmp_path):
-    root = tmp_path / "jobs"
-    array = tmp_path / "array.yaml"
-    array.write_text("- {dropout.kind: uniform_subsets}\n- {dropout.kind: constant, dropout.p: 0.3}\n"
-                     "- {dropout: {kind: weighted_subsets, weights: {RGB: 2, R: 1}}}\n")
-    assert run_cli("submit", "--folder", root, "--time", "30", "--array", array, "--max-parallel", "2", "--wait",
-                   *job_args(tiny_data, "train.epochs=1")) == 0
-    (rec,) = records(root)
-    assert len(rec["jobs"]) == 3
-    array_ids = set()
-    kinds = []
-    for job in rec["jobs"]:
-        client, run_id = mlflow_of(job["run_dir"])
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED" and "subset/RGB/acc" in run.data.metrics
-        array_ids.add(run.data.tags["slurm.array_job_id"])
-        kinds.append(run.data.params["dropout.kind"])
-    assert len(array_ids) == 1 and kinds == ["uniform_subsets", "constant", "weighted_subsets"]
-
-
 def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_path, capsys, monkeypatch):
     # submitted from inside another distributed process: sbatch exports these, and the job must use its own
     for key, value in (("MASTER_ADDR", "10.255.255.1"), ("MASTER_PORT", "1"), ("RANK", "5"), ("WORLD_SIZE", "8")):
