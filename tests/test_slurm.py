@@ -1,5 +1,5 @@
-"""`dynconv submit/jobs/logs/cancel` against a real single-node Slurm (slurm/cluster/local-cluster.sh, started once
-per session by the `slurm_cluster` fixture)."""
+"""`dynconv submit/jobs/logs/cancel` against a real Slurm, on this host's node (slurm/cluster/local-cluster.sh,
+started once per session by the `slurm_cluster` fixture; jobs across nodes: test_multinode.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run_cli
-from slurm_helpers import mlflow_of, records, job_args, wait_for_file, wait_state
+from slurm_helpers import job_args, mlflow_of, records, wait_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -70,25 +70,6 @@ def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_pat
     assert [r[0] for r in results] == ["success", "success"]
     assert sorted(r[1]["rank"] for r in results) == [0, 1] and all(r[1]["world"] == 2 for r in results)
     assert "data-parallel over 2 processes (gloo)" in (logs / f"{job['job_id']}_0_log.out").read_text()
-
-
-def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tiny_data, tmp_path):
-    root = tmp_path / "jobs"
-    assert run_cli("submit", "--folder", root, "--time", "30",
-                   *job_args(tiny_data, "train.epochs=6", "train.batch_size=16")) == 0
-    (rec,) = records(root)
-    (job,) = rec["jobs"]
-    wait_for_file(Path(job["run_dir"]) / "checkpoints" / "epoch_0002.pt", "training did not reach epoch 2")
-    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
-    wait_state(job["job_id"], {"COMPLETED"}, timeout=300)
-
-    log = (Path(rec["executor_folder"]) / f"{job['job_id']}_0_log.out").read_text()
-    assert "pre-empted at epoch" in log and "resuming at epoch" in log
-    client, run_id = mlflow_of(job["run_dir"])
-    assert client.get_run(run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "curves/train_loss")] == [1, 2, 3, 4, 5, 6]
-    runs = client.search_runs([client.get_run(run_id).info.experiment_id])
-    assert len(runs) == 1  # the requeued job continued the run instead of starting another
 
 
 def test_cancel_a_running_job(tiny_data, tmp_path, capsys):
