@@ -49,7 +49,17 @@ def _experiment_id(client, name: str, uri: str) -> str:
     artifacts = None
     if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the working directory
         artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+    try:
+        return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+    except Exception:
+        # another training created it in the meantime (runs started together: an array, a sweep, a script)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch request
 
 
 def run_page(server: str, experiment_id: str, run_id: str) -> str:
@@ -139,6 +149,15 @@ class MlflowRun:
         return self
 
     # ---- delivery with buffering ----------------------------------------------------------------------
+    def _send_all(self, records: list[dict]) -> None:
+        """One record, or consecutive metrics records as one ``log_batch``."""
+        if len(records) == 1:
+            return self._send(records[0])
+        from mlflow.entities import Metric
+
+        items = [Metric(k, float(v), r["timestamp"], r["step"]) for r in records for k, v in r["metrics"].items()]
+        self.client.log_batch(self.run_id, metrics=items, synchronous=True)
+
     def _send(self, record: dict) -> None:
         op = record["op"]
         if op == "metrics":
@@ -175,15 +194,24 @@ class MlflowRun:
         return records
 
     def flush(self) -> int:
-        """Deliver buffered records in order; returns how many remain (0 = all delivered)."""
+        """Deliver buffered records in order (consecutive metrics records in one request of up to
+        ``BATCH_METRICS`` points); returns how many remain (0 = all delivered)."""
         records = self.pending()
-        for i, record in enumerate(records):
+        i = 0
+        while i < len(records):
+            j, points = i + 1, len(records[i].get("metrics", ()))
+            if records[i]["op"] == "metrics":
+                while j < len(records) and records[j]["op"] == "metrics" and \
+                        points + len(records[j]["metrics"]) <= BATCH_METRICS:
+                    points += len(records[j]["metrics"])
+                    j += 1
             try:
-                self._send(record)
+                self._send_all(records[i:j])
             except Exception:
                 rest = records[i:]
                 atomic_write_text(self._buffer, "".join(json.dumps(r) + "\n" for r in rest))
                 return len(rest)
+            i = j
         if self._buffer is not None:
             self._buffer.unlink(missing_ok=True)
         return 0

@@ -66,3 +66,24 @@ def test_eval_of_a_registered_model_without_a_store_says_which_and_creates_none(
         assert err == [f"dynconv: error: {uri} lives in an MLflow store: pass --tracking-uri (e.g. "
                        "http://127.0.0.1:5000 or sqlite:///runs/mlruns.db) or set MLFLOW_TRACKING_URI"], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_experiment_another_process_creates_meanwhile_joins_it(store, tmp_path, monkeypatch):
+    """Trainings started together (an array, a sweep, a script) race to create their experiment: the loser's
+    create fails with 'already exists', and it joins the experiment the winner made."""
+    from mlflow.tracking import MlflowClient
+
+    other = MlflowClient(store)
+    lookup = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def racing(self, name):
+        calls.append(name)
+        if len(calls) == 1:  # after this process looked and found nothing, another one creates it
+            other.create_experiment(name)
+            return None
+        return lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", racing)
+    run = MlflowRun(store, "shared", tmp_path / "run")
+    assert run.client.get_run(run.run_id).info.experiment_id == lookup(other, "shared").experiment_id
