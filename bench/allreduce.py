@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from dynconv.models import create_model
+from dynconv.train.distributed import free_port
 
 MODELS = ("dynamic_resnet18", "ran2", "resnet34")
 BUCKET_MB = 25
@@ -87,12 +88,6 @@ def print_table(rows, args, where: str) -> None:
         mb = params * 4 / 1e6
         print(f"| `{name}` | {params / 1e6:.1f} M | {mb:.1f} | {compute:.0f} | {comm:.1f} | "
               f"{mb / 1e3 / (comm / 1e3):.2f} | {comm / compute:.3f} |")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
