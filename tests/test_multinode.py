@@ -8,7 +8,6 @@ import json
 import pickle
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -46,30 +45,35 @@ def test_the_compute_nodes_are_hosts_of_their_own():
     assert all(re.search(rf"^{re.escape(a)} {n} ", hosts, re.M) for n, a in NODES.items()), hosts
 
 
-def test_ddp_over_two_nodes_trains_the_weights_of_two_processes_on_one_node(tiny_data, tmp_path):
-    root = tmp_path / "jobs"
-    assert run_cli("submit", "--folder", root, "--time", "30", *ACROSS, "--wait", *job_args(tiny_data)) == 0
+def _two_task_job(root: Path, data: Path, *resources: str) -> tuple[dict, list, list[str]]:
+    """Submit the tiny training as a 2-task job and wait: its record, both tasks' results and logs."""
+    assert run_cli("submit", "--folder", root, "--time", "30", *resources, "--wait", *job_args(data)) == 0
     (rec,) = records(root)
     (job,) = rec["jobs"]
     logs = Path(rec["executor_folder"])
     results = [pickle.loads((logs / f"{job['job_id']}_{t}_result.pkl").read_bytes()) for t in (0, 1)]
     assert [r[0] for r in results] == ["success", "success"]
-    assert sorted((r[1]["rank"], r[1]["host"]) for r in results) == [(0, "dcnode1"), (1, "dcnode2")]
+    assert sorted(r[1]["rank"] for r in results) == [0, 1] and all(r[1]["world"] == 2 for r in results)
     out = _logs(rec, job["job_id"])
+    assert "data-parallel over 2 processes (gloo)" in out[0]
+    return job, results, out
+
+
+def test_ddp_over_two_nodes_trains_the_weights_of_two_processes_on_one_node(tiny_data, tmp_path, monkeypatch):
+    # submitted from inside another distributed process: sbatch exports these, and the jobs must use their own
+    for key, value in (("MASTER_ADDR", "10.255.255.1"), ("MASTER_PORT", "1"), ("RANK", "5"), ("WORLD_SIZE", "8")):
+        monkeypatch.setenv(key, value)
+    # 2 tasks on this host's node (partition debug), then one task on each compute host
+    one, _, _ = _two_task_job(tmp_path / "one", tiny_data, "--tasks-per-node", "2")
+    job, results, out = _two_task_job(tmp_path / "across", tiny_data, *ACROSS)
+    assert sorted((r[1]["rank"], r[1]["host"]) for r in results) == [(0, "dcnode1"), (1, "dcnode2")]
     for rank, text in enumerate(out):  # each rank names its host and address; both meet at the first node
         assert re.search(rf"rank {rank}/2 on dcnode{rank + 1} \({NODES[f'dcnode{rank + 1}']}\), node {rank}/2; "
                          r"rendezvous dcnode1:\d+", text), text
-    assert "data-parallel over 2 processes (gloo)" in out[0]
-
-    # the same training as 2 processes on this host (torchrun): bitwise the same weights
-    local = tmp_path / "local"
-    argv = [a for a in job_args(tiny_data) if a != "--config"]
-    proc = subprocess.run([sys.executable, "-m", "dynconv", "train", "--nproc", "2", "--config", *argv,
-                           f"run.dir={local}"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # bitwise the same weights: only the network between the two processes differs
     across = torch.load(Path(job["run_dir"]) / "model.pt", weights_only=True)["model"]
-    one = torch.load(local / "model.pt", weights_only=True)["model"]
-    assert across.keys() == one.keys() and all(torch.equal(across[k], one[k]) for k in one)
+    local = torch.load(Path(one["run_dir"]) / "model.pt", weights_only=True)["model"]
+    assert across.keys() == local.keys() and all(torch.equal(across[k], local[k]) for k in local)
 
 
 def test_a_two_node_job_survives_a_preemption_and_a_node_that_dies(tiny_data, tmp_path):

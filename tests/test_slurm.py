@@ -54,24 +54,6 @@ def test_training_job_completes_and_logs_to_mlflow_then_jobs_logs_and_an_eval_jo
     assert list(json.loads(report.read_text())["subsets"]) == ["RGB", "G"]
 
 
-def test_two_task_job_trains_data_parallel_over_ranks_0_and_1(tiny_data, tmp_path, capsys, monkeypatch):
-    # submitted from inside another distributed process: sbatch exports these, and the job must use its own
-    for key, value in (("MASTER_ADDR", "10.255.255.1"), ("MASTER_PORT", "1"), ("RANK", "5"), ("WORLD_SIZE", "8")):
-        monkeypatch.setenv(key, value)
-    root = tmp_path / "jobs"
-    assert run_cli("submit", "--folder", root, "--time", "30", "--tasks-per-node", "2", "--wait",
-                   *job_args(tiny_data)) == 0
-    (rec,) = records(root)
-    (job,) = rec["jobs"]
-    logs = Path(rec["executor_folder"])
-    import pickle
-
-    results = [pickle.loads((logs / f"{job['job_id']}_{t}_result.pkl").read_bytes()) for t in (0, 1)]
-    assert [r[0] for r in results] == ["success", "success"]
-    assert sorted(r[1]["rank"] for r in results) == [0, 1] and all(r[1]["world"] == 2 for r in results)
-    assert "data-parallel over 2 processes (gloo)" in (logs / f"{job['job_id']}_0_log.out").read_text()
-
-
 def test_cancel_a_running_job(tiny_data, tmp_path, capsys):
     root = tmp_path / "jobs"
     assert run_cli("submit", "--folder", root, "--time", "30", *job_args(tiny_data, "train.epochs=200")) == 0
