@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import hypothesis  # noqa: F401  (import early: hypothesis' pytest plugin otherwise imports it at the very end
@@ -12,6 +13,24 @@ import pytest
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from test runs
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """``tmp_path_factory.mktemp`` for module-scoped fixtures, whose folders are removed after the module when
+    none of its tests failed (as pyproject's ``tmp_path_retention_policy`` does for ``tmp_path``): a training
+    run's checkpoints are ~90 MB each, and the whole suite kept would need tens of GB of disk."""
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from helpers import CONFIG, SUBSETS, assert_one_line_error, cli, run_cli, train_
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
+def trained(tiny_data, module_tmp):
     """One tiny training run through the CLI, shared by the tests below."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    run_dir = module_tmp("runs") / "tiny"
     assert run_cli(*train_args(tiny_data, run_dir)) == 0
     return run_dir
 

@@ -12,9 +12,9 @@ NORMS = ["shared", "recalibrate", "group"]
 
 
 @pytest.fixture(scope="module")
-def store(tiny_data, tmp_path_factory):
+def store(tiny_data, module_tmp):
     """Three short training runs (one per norm mode) in one sqlite store."""
-    root = tmp_path_factory.mktemp("cmp")
+    root = module_tmp("cmp")
     for norm in NORMS:
         assert run_cli(*train_args(tiny_data, root / norm, "train.epochs=2", f"model.norm={norm}",
                                     f"run.name=run-{norm}", "tracking.experiment=cmp")) == 0

@@ -22,9 +22,9 @@ def _grey(label: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def many_images(tmp_path_factory):
+def many_images(module_tmp):
     """10 classes × 1,000 flat 12 px PNGs (one encoded image per class, written 1,000 times: fast)."""
-    root = tmp_path_factory.mktemp("many") / "images"
+    root = module_tmp("many") / "images"
     for k in range(CLASSES):
         buf = io.BytesIO()
         Image.new("RGB", (SIDE, SIDE), (_grey(k),) * 3).save(buf, format="PNG")

@@ -41,9 +41,9 @@ def _two_process_cmd(argv: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ds_run(tiny_data, tmp_path_factory):
+def ds_run(tiny_data, module_tmp):
     """An uninterrupted ZeRO-2 run over 2 processes (the reference of the tests below)."""
-    run_dir = tmp_path_factory.mktemp("ds") / "zero2"
+    run_dir = module_tmp("ds") / "zero2"
     proc = subprocess.run(_two_process_cmd(_args(tiny_data, run_dir, *DS)), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc.stdout

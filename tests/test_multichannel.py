@@ -12,9 +12,9 @@ from helpers import CONFIG, run_cli
 
 
 @pytest.fixture(scope="module")
-def five_channel(tmp_path_factory):
+def five_channel(module_tmp):
     """3 classes × (24 train, 8 val) 5-channel 20×20 arrays; class = which channel carries a bright square."""
-    root = tmp_path_factory.mktemp("five")
+    root = module_tmp("five")
     rng = np.random.default_rng(0)
     for split, n in (("train", 24), ("val", 8)):
         for label in range(3):

@@ -28,9 +28,9 @@ FUZZ = settings(max_examples=int(os.environ.get("DYNCONV_FUZZ_EXAMPLES", "150"))
 # ---- SIGKILL at many points, then resume=auto: bitwise equal to an uninterrupted run ------------------
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_data, tmp_path_factory):
+def reference_run(tiny_data, module_tmp):
 
-    ref = tmp_path_factory.mktemp("ref") / "run"
+    ref = module_tmp("ref") / "run"
     assert run_cli(*resume_args(tiny_data, ref, "train.every_steps=1", "train.keep_checkpoints=2")) == 0
     return torch.load(ref / "model.pt", weights_only=True)["model"]
 

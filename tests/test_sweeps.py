@@ -34,8 +34,8 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def sweep_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweeps")
+def sweep_root(module_tmp):
+    root = module_tmp("sweeps")
     yield root
     shutil.rmtree(root, ignore_errors=True)  # checkpoints of every trial: about a GB
 

@@ -52,17 +52,17 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("mlflow-server"))
+def server(module_tmp):
+    srv = Server(module_tmp("mlflow-server"))
     srv.start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def logged(server, tiny_data, tmp_path_factory):
+def logged(server, tiny_data, module_tmp):
     """Three runs logged through the server, tagged with study roles."""
-    root = tmp_path_factory.mktemp("srv-runs")
+    root = module_tmp("srv-runs")
     runs = {"dyn0": ("dynamic_resnet18", "dynamic", "slice"), "dyn1": ("dynamic_resnet18", "dynamic", "slice"),
             "plain": ("resnet18", "plain", None)}
     for i, (name, (model, role, mode)) in enumerate(runs.items()):
