@@ -151,7 +151,7 @@ class MlflowRun:
     # ---- delivery with buffering ----------------------------------------------------------------------
     def _send_all(self, records: list[dict]) -> None:
         """One record, or consecutive metrics records as one ``log_batch``."""
-        if len(records) == 1:
+        if records[0]["op"] != "metrics":
             return self._send(records[0])
         from mlflow.entities import Metric
 
@@ -161,10 +161,7 @@ class MlflowRun:
     def _send(self, record: dict) -> None:
         op = record["op"]
         if op == "metrics":
-            from mlflow.entities import Metric
-
-            items = [Metric(k, float(v), record["timestamp"], record["step"]) for k, v in record["metrics"].items()]
-            self.client.log_batch(self.run_id, metrics=items, synchronous=True)
+            self._send_all([record])
         elif op == "tags":
             from mlflow.entities import RunTag
 
