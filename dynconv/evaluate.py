@@ -9,7 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from torch import nn
 
 from .channel_select import forward_subset
-from .channels import Subset, subset_name
+from .channels import Subset, num_channels, subset_name
 from .flops import count_macs
 from .metric_names import MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
 
@@ -46,7 +46,7 @@ def evaluate_subsets(model: nn.Module, batches: Iterable, transform: Callable, s
     out = {}
     for s in subsets:
         row = classification_metrics(y, preds[s])
-        row["macs"] = count_macs(model, len(channels), image_size, s)
+        row["macs"] = count_macs(model, num_channels(channels), image_size, s)
         out[subset_name(s, channels)] = row
     return out
 

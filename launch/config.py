@@ -10,10 +10,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from dynconv.batching import check_global_batch
-from dynconv.channels import parse_subsets, validate_channels
+from dynconv.channels import num_channels, parse_subsets, validate_channels
 from dynconv.choices import (AUGMENT_WHERE, CURRICULA, DATA_BACKENDS, DATA_ORDERS, DECODERS, DROPOUT_KINDS,
                              LR_SCHEDULES, NORM_MODES, OPTIMIZERS, PRECISIONS, STEM_MODES, STEM_PRESETS, STRATEGIES)
 from dynconv.data.augment import AugmentParams
@@ -54,7 +54,8 @@ class DataConfig(_Section):
     val: str | None = D(None, "validation images, likewise")
     image_size: int = D(64, "side of the square images the model sees", ge=8, le=4096)
     num_workers: int = D(2, "loader workers (FFCV: threads; torchvision: processes)", ge=0, le=256)
-    channels: str = D("RGB", "the data set's channel names, one letter each (e.g. RGBUV for 5-channel arrays)")
+    channels: str = D("RGB", "the data set's channel names: letters (RGB; RGBUV for 5-channel arrays) or a list "
+                      "([DNA, ER, RNA, AGP, Mito], stored as DNA-ER-RNA-AGP-Mito)")
     backend: Literal[*DATA_BACKENDS] = D("auto", "auto: FFCV for .beton files, torchvision for folders")
     strict: bool = D(False, "unreadable image files are an error instead of being skipped")
     os_cache: bool = D(True, "FFCV: rely on the OS page cache (false: FFCV's own in-memory cache)")
@@ -67,12 +68,16 @@ class DataConfig(_Section):
     std: list[float] | Literal["auto"] | None = D(None, "per-channel std, likewise (0.25 otherwise)")
     augment: AugmentConfig = AugmentConfig()
 
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channel_names(cls, value):
+        return validate_channels(value) if isinstance(value, (str, list, tuple)) else value
+
     @model_validator(mode="after")
     def _per_channel_stats(self):
-        validate_channels(self.channels)
         for key in ("mean", "std"):
             values = getattr(self, key)
-            if isinstance(values, list) and len(values) != len(self.channels):
+            if isinstance(values, list) and len(values) != num_channels(self.channels):
                 raise ValueError(f"data.{key} needs one value per channel of {self.channels!r}, got {len(values)}")
         return self
 

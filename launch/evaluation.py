@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from dynconv.channels import parse_subsets
+from dynconv.channels import num_channels, parse_subsets
 from dynconv.data import BatchTransform, DataSource, build_source
 from dynconv.errors import DynconvError
 from dynconv.fileio import read_json
@@ -72,9 +72,9 @@ def run_eval(checkpoint: str, data: str, subsets: str | None = None, batch_size:
     source = build_source(Path(data), image_size=manifest["image_size"], batch_size=batch_size,
                           num_workers=num_workers, train=False, strict=strict)
     check_classes(source, manifest["model_kwargs"]["num_classes"], manifest.get("classes"), f"data {data}")
-    if source.num_channels != len(manifest["channels"]):
+    if source.num_channels != num_channels(manifest["channels"]):
         raise DynconvError(f"data {data} has {source.num_channels} channels, the model was trained on "
-                           f"{len(manifest['channels'])} ({manifest['channels']})")
+                           f"{num_channels(manifest['channels'])} ({manifest['channels']})")
     report = evaluate_model(model.to(dev), manifest, source, subsets, dev)
     report["checkpoint"] = str(checkpoint)
     if reference:

@@ -83,7 +83,9 @@ def save_pyfunc(checkpoint: Path, manifest: dict, folder: Path) -> Path:
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    c, size = len(manifest["channels"]), manifest["image_size"]
+    from dynconv.channels import num_channels
+
+    c, size = num_channels(manifest["channels"]), manifest["image_size"]
     classes = len(manifest.get("classes") or []) or manifest["model_kwargs"].get("num_classes")
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, size, size), "images")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "logits")]),

@@ -14,7 +14,7 @@ import torch
 
 from dynconv.batching import check_global_batch
 from dynconv.calibration import Calibrate
-from dynconv.channels import all_subsets, parse_subsets
+from dynconv.channels import all_subsets, num_channels, parse_subsets
 from dynconv.data import AugmentParams, BatchTransform, DataSource, build_source, default_stats
 from dynconv.data.loaders import training_set_stats
 from dynconv.dropout import ChannelDropout
@@ -55,9 +55,9 @@ def _stats(cfg: Config) -> tuple[list[float], list[float]]:
 
 def _training_set_stats(cfg: Config) -> tuple[list[float], list[float]]:
     mean, std, source = training_set_stats(cfg.data.train, cfg.data.image_size)
-    if len(mean) != len(cfg.data.channels):
+    if len(mean) != num_channels(cfg.data.channels):
         raise DynconvError(f"{cfg.data.train} has {len(mean)} channels, data.channels={cfg.data.channels!r} names "
-                           f"{len(cfg.data.channels)}: set data.channels to match")
+                           f"{num_channels(cfg.data.channels)}: set data.channels to match")
     if int(os.environ.get("RANK", "0")) == 0:
         log.info(f"data.mean/std=auto: mean {mean}, std {std} ({source})")
     return mean, std
@@ -166,7 +166,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
     channels = cfg.data.channels
     eval_subsets = parse_subsets(cfg.eval.subsets, channels)
-    dropout = ChannelDropout(cfg.dropout.kind, len(channels), seed=cfg.train.seed, p=cfg.dropout.p,
+    dropout = ChannelDropout(cfg.dropout.kind, num_channels(channels), seed=cfg.train.seed, p=cfg.dropout.p,
                              weights=cfg.dropout.weights, curriculum=cfg.dropout.curriculum,
                              ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
     mean, std = _stats(cfg)
@@ -201,15 +201,15 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                                    num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict,
                                    normalize=fused)
             for src, key in ((train_src, "data.train"), (val_src, "data.val")):
-                if src.num_channels != len(channels):
+                if src.num_channels != num_channels(channels):
                     raise DynconvError(f"{key} has {src.num_channels}-channel images but data.channels={channels!r} "
-                                       f"names {len(channels)}: set data.channels to {src.num_channels} letters "
-                                       "(e.g. 'RGBUV')")
+                                       f"names {num_channels(channels)}: set data.channels to {src.num_channels} names "
+                                       "(letters such as RGBUV, or a list such as [DNA, ER, RNA, AGP, Mito])")
             check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
             check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
             not_kwargs = {"name", "calibrate", "calibration_batches"}
             model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude=not_kwargs).items() if v is not None}
-            model_kwargs["in_chans"] = len(channels)
+            model_kwargs["in_chans"] = num_channels(channels)
             accepted = model_options(cfg.model.name)
             ignored = {k: v for k, v in model_kwargs.items() if k not in accepted}
             if ignored and dist_info.is_main:  # e.g. model.name=resnet18 over a config written for dynamic_*
@@ -267,9 +267,9 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
         eval_transform = BatchTransform(mean, std, device)
         own: list[Hook] = []
         if cfg.model.norm in ("recalibrate", "switchable") and cfg.model.calibrate:
-            full = tuple(range(len(channels)))
+            full = tuple(range(num_channels(channels)))
             per_epoch = list(dict.fromkeys([full, *(eval_subsets if every_epoch else [])]))
-            own.append(Calibrate(train_src, eval_transform, all_subsets(len(channels)), per_epoch,
+            own.append(Calibrate(train_src, eval_transform, all_subsets(num_channels(channels)), per_epoch,
                                  cfg.eval.calibration_batches, cfg.model.calibration_batches, cfg.train.epochs,
                                  dist_info.world, dist_info.is_main))
         tracker = None

@@ -55,13 +55,26 @@ def test_arrays_round_trip_exactly(five_channel):
 def test_five_channel_model_trains_and_evaluates_all_subsets(five_channel, tmp_path, capsys):
 
     args = ["train", "--config", CONFIG, f"data.train={five_channel / 'train.beton'}",
-            f"data.val={five_channel / 'val.beton'}", "data.channels=RGBUV", "data.image_size=20",
+            f"data.val={five_channel / 'val.beton'}", "data.channels=[DNA,ER,RNA,AGP,Mito]", "data.image_size=20",
             "model.num_classes=3", "train.epochs=2", "train.batch_size=16", f"run.dir={tmp_path / 'run'}",
-            "tracking.enabled=false", "data.num_workers=1"]
+            f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "data.num_workers=1"]
     assert run_cli(*args) == 0
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert report["channels"] == "RGBUV" and len(report["subsets"]) == 31
-    assert report["subsets"]["RGBUV"]["macs"] > report["subsets"]["U"]["macs"]
+    assert report["channels"] == "DNA-ER-RNA-AGP-Mito" and len(report["subsets"]) == 31  # channels by name
+    assert report["subsets"]["DNA-ER-RNA-AGP-Mito"]["macs"] > report["subsets"]["AGP"]["macs"]
+    # evaluation by name; the checkpoint knows the names, a wrong one is a one-line error
+    out = tmp_path / "named.json"
+    assert run_cli("eval", tmp_path / "run" / "model.pt", "--data", five_channel / "val.beton", "--subsets",
+                   "Mito-ER,DNA", "--json", out) == 0
+    assert list(json.loads(out.read_text())["subsets"]) == ["ER-Mito", "DNA"]
+    # the MLflow run holds every subset by name, and compare reads it back
+    capsys.readouterr()
+    assert run_cli("compare", "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--format", "json") == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["full"] == "DNA-ER-RNA-AGP-Mito" and len(row["acc"]) == 31
+    assert row["acc"]["ER-Mito"] == pytest.approx(report["subsets"]["ER-Mito"]["accuracy"])
+    assert run_cli("eval", tmp_path / "run" / "model.pt", "--data", five_channel / "val.beton", "--subsets", "DN") == 2
+    assert "unknown channel(s) 'DN' in subset 'DN'" in capsys.readouterr().err
     # the same data declared as 3 channels is a one-line error
     assert run_cli(*args[:-3], f"run.dir={tmp_path / 'bad'}", "data.channels=RGB", "tracking.enabled=false") == 2
     assert "has 5-channel images but data.channels='RGB'" in capsys.readouterr().err

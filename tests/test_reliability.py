@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynconv.channels import parse_subset, parse_subsets
+from dynconv.channels import num_channels, parse_subset, parse_subsets, subset_name
 from dynconv.errors import DynconvError
 from dynconv.fileio import DiskFull
 from dynconv.train.checkpoint import atomic_torch_save, load_checkpoint
@@ -272,13 +272,13 @@ def test_fuzz_config_overrides(overrides):
 
 
 @FUZZ
-@given(st.text(alphabet="RGBUVX, ", max_size=12), st.sampled_from(["RGB", "RGBUV", "RG"]))
+@given(st.text(alphabet="RGBUVX, -DNAERMito", max_size=12), st.sampled_from(["RGB", "RGBUV", "RG", "DNA-ER-Mito"]))
 def test_fuzz_subset_parser(spec, channels):
     try:
         subsets = parse_subsets(spec, channels)
     except DynconvError as e:
         assert "\n" not in str(e)
     else:
-        assert subsets and all(s == tuple(sorted(set(s))) and all(0 <= i < len(channels) for i in s) for s in subsets)
+        assert subsets and all(s == tuple(sorted(set(s))) and all(0 <= i < num_channels(channels) for i in s) for s in subsets)
         for s in subsets:
-            assert parse_subset("".join(channels[i] for i in s), channels) == s
+            assert parse_subset(subset_name(s, channels), channels) == s

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..channels import num_channels
 from ..fields import param
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -208,4 +209,5 @@ def default_stats(channels: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet statistics for RGB data, neutral ones (0.5, 0.25) for other channel sets."""
     if channels == "RGB":
         return IMAGENET_MEAN, IMAGENET_STD
-    return (0.5,) * len(channels), (0.25,) * len(channels)
+    n = num_channels(channels)
+    return (0.5,) * n, (0.25,) * n

@@ -10,8 +10,8 @@ def add_parser(sub) -> None:
     f = sub.add_parser(NAME, help="count MACs and parameters of a model for one input")
     f.add_argument("model")
     f.add_argument("--size", type=int, default=96)
-    f.add_argument("--channels", default=None, help="present channels, e.g. RG (default: all)")
-    f.add_argument("--dataset-channels", default="RGB", help="the dataset's channel names (default RGB)")
+    f.add_argument("--channels", default=None, help="present channels, e.g. RG or DNA-Mito (default: all)")
+    f.add_argument("--dataset-channels", default="RGB", help="the dataset's channel names: letters (default RGB) or names joined by '-' (DNA-ER-Mito)")
     f.add_argument("--stem-mode", default=None, choices=STEM_MODES)
     f.add_argument("--stem", default=None, choices=STEM_PRESETS, help="stem preset")
     f.add_argument("--stem-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -65,7 +65,7 @@ def init_stats(stem, subset: tuple[int, ...], size: int, preset: str) -> str:
 
 
 def run(a) -> int:
-    from dynconv.channels import parse_subset, validate_channels
+    from dynconv.channels import num_channels, parse_subset, subset_name, validate_channels
     from dynconv.flops import count_macs, count_params
     from dynconv.models import create_model
 
@@ -74,10 +74,10 @@ def run(a) -> int:
     import torch
 
     torch.manual_seed(0)  # the same starting weights (and --init-stats) every time
-    model = create_model(a.model, num_classes=a.classes, in_chans=len(all_channels), stem_mode=a.stem_mode,
+    model = create_model(a.model, num_classes=a.classes, in_chans=num_channels(all_channels), stem_mode=a.stem_mode,
                          stem=a.stem, stem_args=_stem_args(a.stem_arg))
-    macs = count_macs(model, len(all_channels), a.size, subset)
-    name = "".join(all_channels[i] for i in subset)
+    macs = count_macs(model, num_channels(all_channels), a.size, subset)
+    name = subset_name(subset, all_channels)
     print(f"{a.model} at {a.size}x{a.size}, channels {name}, {a.classes} classes: "
           f"{macs:,} MACs ({macs / 1e9:.3f} G), {count_params(model):,} parameters")
     if a.init_stats:
