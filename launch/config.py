@@ -95,6 +95,8 @@ class ModelConfig(_Section):
     calibrate: bool = D(True, "norm=recalibrate|switchable: measure per-subset statistics before each validation")
     calibration_batches: int = D(20, "training batches per subset for the final statistics", ge=1)
     fill_rescale: bool | None = D(None, "plain models: scale the present channels by C/k (absent ones are zeros)")
+    width: int | None = D(None, "channels of the first stage (default 64, the published networks; the stages "
+                          "widen from it): smaller is quicker to try", ge=4, le=1024)
 
 
 class TrainConfig(_Section):

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "launch" / "configs" / "demo.yaml"
 SUBSETS = ["RGB", "RG", "RB", "GB", "R", "G", "B"]
 CPU = torch.device("cpu")
+# the tests' ResNets/RANs: 16 channels in the first stage instead of 64 (1/16 of the parameters and checkpoint
+# bytes, ~1/13 of the MACs): what the tests check (resume, processes, tracking, ...) does not depend on width
+TEST_WIDTH = 16
 
 
 # ---- the command line ------------------------------------------------------------------------------------
@@ -44,7 +47,7 @@ def train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
     """``train`` on the tiny data set (32 px, 4 classes) with the demo config, 15 epochs unless overridden."""
     return ["train", "--config", CONFIG, f"data.train={data / 'train.beton'}", f"data.val={data / 'val.beton'}",
             "model.num_classes=4", "data.image_size=32", "train.epochs=15", "train.batch_size=32",
-            "train.lr=0.01", f"run.dir={run_dir}", "data.num_workers=1", *extra]
+            "train.lr=0.01", f"run.dir={run_dir}", "data.num_workers=1", f"model.width={TEST_WIDTH}", *extra]
 
 
 RESUME_COMMON = ["train.epochs=2", "train.every_steps=3", "train.keep_checkpoints=3", "tracking.enabled=false",

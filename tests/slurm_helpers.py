@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import CONFIG, ROOT
+from helpers import CONFIG, ROOT, TEST_WIDTH
 
 CLUSTER_SCRIPT = ROOT / "slurm" / "cluster" / "local-cluster.sh"
 
@@ -16,7 +16,7 @@ def job_args(data: Path, *extra: str) -> list[str]:
     """`dynconv submit` arguments for a 2-epoch training of the tiny set (the job picks its own run.dir)."""
     return ["--config", str(CONFIG), f"data.train={data / 'train'}", f"data.val={data / 'val'}",
             "model.num_classes=4", "data.image_size=32", "train.batch_size=32", "data.num_workers=0",
-            "train.epochs=2", "eval.subsets=RGB,R", *extra]
+            "train.epochs=2", "eval.subsets=RGB,R", f"model.width={TEST_WIDTH}", *extra]
 
 
 def records(root: Path) -> list[dict]:

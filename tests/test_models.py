@@ -254,3 +254,25 @@ def test_flops_init_stats_report_the_starting_scale(capsys):
     for mode in ("template_mixing", "hypernet", "slice", "target"):
         filters, kaiming = scales("--stem-mode", mode, "--channels", "RG")
         assert filters == pytest.approx(kaiming, rel=0.1), mode
+
+
+@pytest.mark.parametrize("name", ["resnet18", "dynamic_resnet18", "resnet34", "ran2"])
+def test_width_narrows_every_stage_and_keeps_the_parameter_names(name):
+    torch.manual_seed(0)
+    full = create_model(name, num_classes=4)
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
+                                                  create_model(name, num_classes=4, width=64).state_dict().values()))
+    narrow = create_model(name, num_classes=4, width=16)
+    wide, small = full.state_dict(), narrow.state_dict()
+    assert list(wide) == list(small)  # same names: checkpoints and torchvision key maps stay valid
+    for key, tensor in wide.items():  # every conv/linear/norm is 4x narrower in each width dimension it has
+        assert all(a == b or a == 4 * b for a, b in zip(tensor.shape, small[key].shape)), key
+    n_full, n_small = (sum(p.numel() for p in m.parameters()) for m in (full, narrow))
+    assert 15 < n_full / n_small < 17
+    assert count_macs(full, 3, 32) / count_macs(narrow, 3, 32) > 12
+    convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert convs and name == "ran2" or all(abs(c.weight.std().item() / math.sqrt(2 / (c.out_channels * 9)) - 1) < 0.2 for c in convs
+                         if c.weight.numel() > 2000)  # ResNets: torchvision's Kaiming (fan_out) start, not PyTorch's default
+    x = torch.randn(2, 3, 32, 32)
+    assert forward_subset(narrow, x, (0, 2)).shape == (2, 4)

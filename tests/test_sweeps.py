@@ -10,7 +10,7 @@ import torch
 from ray.tune import Callback
 
 from dynconv.sweeps.spec import SweepOptions
-from helpers import CONFIG, run_cli
+from helpers import CONFIG, TEST_WIDTH, run_cli
 
 # learns in 2-3 epochs on the tiny data at 1 thread (RGB accuracy ~0.4-0.7 at epoch 2 for lr 2e-3..3e-3,
 # chance ~0.25 for lr 1e-7); trials are deterministic (seeded), so are their metrics
@@ -18,7 +18,7 @@ def _overrides(data, epochs: int) -> list[str]:
     return [f"data.train={data / 'train'}", f"data.val={data / 'val'}", "model.num_classes=4", "data.image_size=32",
             f"train.epochs={epochs}", "train.batch_size=16", "train.optimizer=adamw", "train.weight_decay=0",
             "data.augment.enabled=false", "model.norm=shared", "data.num_workers=0", "train.keep_checkpoints=1",
-            "eval.subsets=RGB,R"]
+            "eval.subsets=RGB,R", f"model.width={TEST_WIDTH}"]
 
 
 @pytest.fixture(scope="module")

@@ -86,19 +86,23 @@ class ResidualAttentionNet(SubsetModel):
 
     def __init__(self, num_classes: int, in_chans: int, stem_mode: str | None, stem: str, stem_rescale: bool,
                  p: int = 0, t: int = 2, tail: tuple[int, int] = (1, 0), norm: str = "shared",
-                 switchable_stages: int | None = None, switchable_affine: bool = False, stem_args: dict | None = None):
+                 switchable_stages: int | None = None, switchable_affine: bool = False, stem_args: dict | None = None,
+                 width: int = 64):
         super().__init__()
+        if width < 4:
+            raise ValueError(f"width must be at least 4, got {width}")
+        w = width  # the stem's channels; the units widen to 4w, 8w, 16w, 32w (64: the study's network)
         self.in_chans = in_chans
-        self.conv1 = create_stem(stem_mode, in_chans, 64, stem, stem_rescale, stem_args)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = create_stem(stem_mode, in_chans, w, stem, stem_rescale, stem_args)
+        self.bn1 = nn.BatchNorm2d(w)
         self.channel_adaptive = stem_mode is not None
         self.body = nn.Sequential(
-            PreActBottleneck(64, 256), AttentionModule(256, 3, p, t),
-            PreActBottleneck(256, 512, 2), AttentionModule(512, 2, p, t),
-            PreActBottleneck(512, 1024, 2), *(PreActBottleneck(1024, 1024) for _ in range(tail[0])),
-            PreActBottleneck(1024, 2048, 2), *(PreActBottleneck(2048, 2048) for _ in range(tail[1])),
-            nn.BatchNorm2d(2048), nn.ReLU(inplace=True))
-        self.fc = nn.Linear(2048, num_classes)
+            PreActBottleneck(w, 4 * w), AttentionModule(4 * w, 3, p, t),
+            PreActBottleneck(4 * w, 8 * w, 2), AttentionModule(8 * w, 2, p, t),
+            PreActBottleneck(8 * w, 16 * w, 2), *(PreActBottleneck(16 * w, 16 * w) for _ in range(tail[0])),
+            PreActBottleneck(16 * w, 32 * w, 2), *(PreActBottleneck(32 * w, 32 * w) for _ in range(tail[1])),
+            nn.BatchNorm2d(32 * w), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(32 * w, num_classes)
         self.setup_norm(norm, switchable_stages, switchable_affine)
 
     def norm_stages(self) -> list[str]:
@@ -115,8 +119,8 @@ class ResidualAttentionNet(SubsetModel):
 @register_model
 def ran2(num_classes: int = 1000, in_chans: int = 3, stem_mode: str | None = None, stem: str = "torchvision",
          stem_rescale: bool = False, norm: str = "shared", switchable_stages: int | None = None,
-         switchable_affine: bool = False, stem_args: dict | None = None) -> nn.Module:
+         switchable_affine: bool = False, stem_args: dict | None = None, width: int = 64) -> nn.Module:
     """The study's two-stage Residual Attention Network; ``stem_mode`` makes its first conv adaptive."""
     return ResidualAttentionNet(num_classes, in_chans, stem_mode, stem, stem_rescale, norm=norm,
                                 switchable_stages=switchable_stages, switchable_affine=switchable_affine,
-                                stem_args=stem_args)
+                                stem_args=stem_args, width=width)

@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     f.add_argument("--stem-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a stem setting (model.stem_args), e.g. num_templates=8; repeatable")
     f.add_argument("--classes", type=int, default=50)
+    f.add_argument("--width", type=int, default=None, help="channels of the first stage (model.width; default 64)")
     f.add_argument("--init-stats", action="store_true",
                    help="also the stem's starting scale: its filters' and its output's standard deviation on "
                         "N(0, 1) input, beside a plain Kaiming-initialised conv's")
@@ -75,7 +76,7 @@ def run(a) -> int:
 
     torch.manual_seed(0)  # the same starting weights (and --init-stats) every time
     model = create_model(a.model, num_classes=a.classes, in_chans=num_channels(all_channels), stem_mode=a.stem_mode,
-                         stem=a.stem, stem_args=_stem_args(a.stem_arg))
+                         stem=a.stem, stem_args=_stem_args(a.stem_arg), width=a.width)
     macs = count_macs(model, num_channels(all_channels), a.size, subset)
     name = subset_name(subset, all_channels)
     print(f"{a.model} at {a.size}x{a.size}, channels {name}, {a.classes} classes: "
