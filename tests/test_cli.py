@@ -4,7 +4,7 @@ import json
 import pytest
 
 from dynconv.errors import DynconvError
-from helpers import CONFIG, SUBSETS, assert_one_line_error, cli, run_cli, train_args
+from helpers import CONFIG, SUBSETS, TEST_WIDTH, assert_one_line_error, cli, run_cli, train_args
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def test_train_writes_checkpoints_and_reports(trained):
     for row in report["subsets"].values():
         assert set(row) == {"accuracy", "precision", "recall", "f1", "f1_macro", "macs"}
     macs = {s: report["subsets"][s]["macs"] for s in SUBSETS}
-    # dropping an input channel removes exactly 64·49·16·16 MACs of the 7×7 stride-2 stem at 32 px
-    assert macs["RGB"] - macs["RG"] == macs["RG"] - macs["R"] == 64 * 49 * 16 * 16
+    # dropping an input channel removes exactly width·49·16·16 MACs of the 7×7 stride-2 stem at 32 px
+    assert macs["RGB"] - macs["RG"] == macs["RG"] - macs["R"] == TEST_WIDTH * 49 * 16 * 16
     assert report["subsets"]["RGB"]["accuracy"] > 0.45, report["subsets"]["RGB"]  # chance is 0.25
     assert "| Accuracy |" in (trained / "eval.md").read_text()
 
