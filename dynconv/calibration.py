@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from itertools import islice
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torch import nn
 from .channel_select import forward_subset
 from .channels import Subset
 from .data.loaders import DataSource
+from .data.mixture import MixturePart
 from .layers.subset_norm import calibrate
 from .train.hooks import Hook
 
@@ -20,15 +21,22 @@ log = logging.getLogger("dynconv")
 
 
 def calibrate_from_source(model: nn.Module, source: DataSource, transform: Callable, subsets: list[Subset],
-                          num_batches: int) -> int:
+                          num_batches: int, parts: Sequence[MixturePart] = ()) -> int:
     """Re-estimate every subset's statistics from the first ``num_batches`` batches of ``source`` (epoch 0,
     so the same seed gives the same images; not augmented, also where augmentation runs in the loader);
-    returns the number of images used per subset."""
-    batches = [images for images, _ in islice(source.epoch(0, augment=False), num_batches)]
-    with torch.no_grad():
-        inputs = [transform(b) for b in batches]
-    calibrate(model, lambda subset: inputs, subsets, forward_subset)
-    return sum(b.shape[0] for b in batches)
+    returns the number of images used per subset. A mixture (``source`` a :class:`MixtureSource` of
+    ``parts``): that many batches of each dataset, and a subset's statistics pool the datasets that have
+    all of its channels."""
+    sources = source.sources if parts else [source]
+    pools = []
+    for part, src in zip(parts or [None], sources):
+        batches = [images for images, *_ in islice(src.epoch(0, augment=False), num_batches)]
+        with torch.no_grad():
+            inputs = [(part.model_transform if part else transform)(b) for b in batches]
+        pools.append((set(part.positions) if part else None, inputs, sum(b.shape[0] for b in batches)))
+    calibrate(model, lambda subset: [x for have, xs, _ in pools if have is None or set(subset) <= have for x in xs],
+              subsets, forward_subset)
+    return max(n for *_, n in pools)
 
 
 class Calibrate(Hook):
@@ -43,15 +51,16 @@ class Calibrate(Hook):
 
     def __init__(self, source: DataSource, transform: Callable, all_subsets: list[Subset],
                  epoch_subsets: list[Subset], epoch_batches: int, final_batches: int, epochs: int,
-                 world: int = 1, is_main: bool = True):
+                 world: int = 1, is_main: bool = True, parts: Sequence[MixturePart] = ()):
         self.source, self.transform, self.all, self.per_epoch = source, transform, list(all_subsets), list(epoch_subsets)
+        self.parts = parts
         self.epoch_batches, self.final_batches, self.epochs = epoch_batches, final_batches, epochs
         self.world, self.is_main = world, is_main
         self.final_done = False
 
     def _run(self, module: nn.Module, subsets: list[Subset], batches: int) -> tuple[int, float]:
         t0 = time.perf_counter()
-        n = calibrate_from_source(module, self.source, self.transform, subsets, batches)
+        n = calibrate_from_source(module, self.source, self.transform, subsets, batches, self.parts)
         return n * self.world, time.perf_counter() - t0
 
     def before_validation(self, module: nn.Module, epoch: int) -> dict[str, float]:

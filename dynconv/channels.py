@@ -66,7 +66,8 @@ def parse_subset(name: str, channels: str | Sequence[str] = "RGB") -> Subset:
     unknown or repeated channels are a user error."""
     names, name = channel_names(channels), name.strip()
     letters = all(len(n) == 1 for n in names)
-    parts = [p.strip() for p in (list(name) if letters else name.split(SEP))] if name else []
+    # letters may also be written like names ("R-G" is "RG"): one spelling of a subset for every dataset of a mixture
+    parts = [p.strip() for p in (list(name) if letters and SEP not in name else name.split(SEP))] if name else []
     unknown = [p for p in parts if p not in names]
     if not parts or unknown:
         what = ("empty channel subset" if not unknown else f"unknown channel letter(s) {''.join(unknown)!r}"
@@ -90,3 +91,17 @@ def parse_subsets(spec: str | None, channels: str | Sequence[str] = "RGB") -> li
         if s not in out:
             out.append(s)
     return out
+
+
+def subsets_within(spec: str | None, channels: str | Sequence[str]) -> str | None:
+    """The part of a subset list (``"RGB,R,DNA"``) that names only ``channels``, in their spelling: for one
+    dataset of a mixture. ``None``/``"all"`` stays (every subset of the dataset); ``""`` when none applies."""
+    if spec is None or spec.strip().lower() == "all":
+        return spec
+    kept = []
+    for part in spec.split(","):
+        try:
+            kept.append(subset_name(parse_subset(part, channels), channels))
+        except DynconvError:
+            continue
+    return ",".join(dict.fromkeys(kept))

@@ -17,7 +17,7 @@ AUGMENT_WHERE = ("auto", "device", "loader")    # auto: loader without an accele
 DROPOUT_KINDS = ("none", "constant", "uniform_subsets", "hierarchical", "weighted_subsets")
 CURRICULA = ("none", "linear", "cosine", "step")
 OFFLOAD_DEVICES = ("none", "cpu")
-SYNTH_KINDS = ("shapes", "textures")             # the embedded synthetic data sets
+SYNTH_KINDS = ("shapes", "textures", "sensors")  # the embedded synthetic data sets
 BETON_STORES = ("jpg", "raw")                    # how `dynconv convert` stores RGB images
 DECODERS = ("center_crop", "random_resized_crop")  # how FFCV decodes training images
 

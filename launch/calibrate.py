@@ -18,6 +18,9 @@ def run_calibrate(checkpoint: str, data: str, batches: int = 20, batch_size: int
     ckpt = load_checkpoint(checkpoint)
     manifest = ckpt["dynconv"]
     kwargs = manifest["model_kwargs"]
+    if manifest.get("datasets"):
+        raise DynconvError(f"{checkpoint} was trained on a mixture of datasets: 'dynconv calibrate' takes one dataset "
+                           "and cannot calibrate it yet; training with model.norm=recalibrate calibrates every dataset")
     if kwargs.get("norm", "shared") == "group":
         raise DynconvError(f"{checkpoint} uses GroupNorm (model.norm=group): it keeps no statistics to calibrate")
     model = model_from_checkpoint(ckpt, checkpoint)

@@ -12,6 +12,7 @@ from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 from dynconv.metric_names import MEAN_SUBSET_ACC, VAL_ACC, WORST_SUBSET_ACC, logged_name, subset_metric
 
+from .mixture import DATASETS_TAG
 from .plots import subset_figure
 from .mlflow_store import existing_store, mlflow_client, store_errors
 
@@ -24,31 +25,46 @@ def _param(params: dict, key: str, default: str = "") -> str:
     return default if value in ("None", "") else value
 
 
-def run_row(run) -> dict | None:
-    """The comparison row of one run, or None when it has no per-subset results."""
+def run_rows(run) -> list[dict]:
+    """The comparison rows of one run: one, or one per dataset of a mixture; none without per-subset results."""
+    datasets = run.data.tags.get(DATASETS_TAG)
+    if not datasets:
+        return [r for r in [run_row(run)] if r is not None]
+    rows = [run_row(run, d["name"], d["channels"]) for d in json.loads(datasets)]
+    return [r for r in rows if r is not None]
+
+
+def run_row(run, dataset: str | None = None, channels: str | None = None) -> dict | None:
+    """The comparison row of one run (of one dataset of a mixture: its ``<dataset>:<subset>`` results), or None
+    when it has no per-subset results."""
     p, m = run.data.params, run.data.metrics
-    channels = _param(p, "data.channels", "RGB")
-    acc, macs = (lambda s: subset_metric("accuracy", s)), (lambda s: subset_metric("macs", s))
+    channels = channels or _param(p, "data.channels", "RGB")
+    key = f"{dataset}:" if dataset else ""
+    acc, macs = (lambda s: subset_metric("accuracy", key + s)), (lambda s: subset_metric("macs", key + s))
     subsets = [subset_name(s, channels) for s in all_subsets(channels) if acc(subset_name(s, channels)) in m]
     if not subsets:
         return None
     model = _param(p, "model.name", "?")
+
+    def summary(kind: str, of_rows: float) -> float:  # a mixture's run summary covers every dataset: not a row's
+        return of_rows if dataset else m.get(subset_metric(kind), of_rows)
     dynamic = model.startswith("dynamic_")
     full = channels if channels in subsets else subsets[0]
     return {
-        "run": run.info.run_name or run.info.run_id[:8], "run_id": run.info.run_id, "model": model,
+        "run": run.info.run_name or run.info.run_id[:8], "run_id": run.info.run_id, "dataset": dataset or "",
+        "model": model,
         "stem_mode": _param(p, "model.stem_mode", "prefix" if dynamic else "-"),
         "stem": _param(p, "model.stem", "torchvision"), "norm": _param(p, "model.norm", "shared"),
         "dropout": _param(p, "dropout.kind", "?"), "epochs": int(float(_param(p, "train.epochs", "0"))),
         "macs": int(m.get(macs(full), 0)),
         "acc": {s: m[acc(s)] for s in subsets},
-        "metrics": {s: {k: m.get(subset_metric(k, s)) for k in ("accuracy", "precision", "recall", "f1", "macs")}
+        "metrics": {s: {k: m.get(subset_metric(k, key + s)) for k in ("accuracy", "precision", "recall", "f1", "macs")}
                     for s in subsets},
         "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
         "macs_by_subset": {s: int(m.get(macs(s), 0)) for s in subsets},
-        MEAN_SUBSET_ACC: m.get(subset_metric(MEAN_SUBSET_ACC), sum(m[acc(s)] for s in subsets) / len(subsets)),
-        WORST_SUBSET_ACC: m.get(subset_metric(WORST_SUBSET_ACC), min(m[acc(s)] for s in subsets)),
-        "f1": m.get(subset_metric("f1", full), float("nan")), "full": full,
+        MEAN_SUBSET_ACC: summary(MEAN_SUBSET_ACC, sum(m[acc(s)] for s in subsets) / len(subsets)),
+        WORST_SUBSET_ACC: summary(WORST_SUBSET_ACC, min(m[acc(s)] for s in subsets)),
+        "f1": m.get(subset_metric("f1", key + full), float("nan")), "full": full,
     }
 
 
@@ -83,7 +99,7 @@ def collect_rows(uri: str, experiments: list[str] | None = None, run_ids: list[s
             else:
                 exps = [e.experiment_id for e in client.search_experiments()]
             runs = search_all_runs(client, exps, filter_string) if exps else []
-    rows = [r for r in (run_row(run) for run in runs) if r is not None]
+    rows = [r for run in runs for r in run_rows(run)]
     if not rows:
         raise DynconvError(f"no runs with per-subset results (acc_<subset> metrics) match at {uri}: "
                            f"train with 'dynconv train' first, or loosen {narrow}")
@@ -132,7 +148,10 @@ def _columns(rows: list[dict]) -> list[str]:
     subsets = []
     for r in rows:
         subsets += [s for s in r["acc"] if s not in subsets]
-    cols = [c for c in INFO_COLUMNS if c != "run_id"] + [f"acc_{s}" for s in subsets]
+    info = [c for c in INFO_COLUMNS if c != "run_id"]
+    if any(r["dataset"] for r in rows):  # a mixture among the runs: which dataset each row is of
+        info.insert(1, "dataset")
+    cols = info + [f"acc_{s}" for s in subsets]
     cols += ["mean_subset_acc", "worst_subset_acc", "f1"]
     if "rgb_gap" in rows[0]:
         cols.append("rgb_gap")
@@ -207,7 +226,7 @@ def print_rich(rows: list[dict]) -> None:
     note = f"; {len(dropped)} column(s) left out to fit: {', '.join(dropped)} (--format csv has all)" if dropped else ""
     table = Table(title=f"{len(rows)} runs — accuracy in %{note}", title_justify="left")
     for c in cols:
-        table.add_column(header(c, rows), justify="left" if c in INFO_COLUMNS else "right", no_wrap=c == "run",
+        table.add_column(header(c, rows), justify="left" if c in (*INFO_COLUMNS, "dataset") else "right", no_wrap=c == "run",
                          overflow="fold")
     for r in rows:
         table.add_row(*(str(_cell(r, c, True) or "") for c in cols))

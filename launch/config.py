@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -13,10 +14,11 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from dynconv.batching import check_global_batch
-from dynconv.channels import num_channels, parse_subsets, validate_channels
+from dynconv.channels import num_channels, parse_subsets, subsets_within, validate_channels
 from dynconv.choices import (AUGMENT_WHERE, CURRICULA, DATA_BACKENDS, DATA_ORDERS, DECODERS, DROPOUT_KINDS,
                              LR_SCHEDULES, NORM_MODES, OPTIMIZERS, PRECISIONS, STEM_MODES, STEM_PRESETS, STRATEGIES)
 from dynconv.data.augment import AugmentParams
+from dynconv.data.mixture import vocabulary
 from dynconv.errors import DynconvError
 from dynconv.fileio import read_yaml
 from dynconv.train.strategies.deepspeed_engine import DeepSpeedOptions
@@ -49,9 +51,51 @@ AugmentConfig = section_from(
     where=(Literal[*AUGMENT_WHERE], D("auto", "where augmentation runs: auto = loader on a CPU, device on a GPU")))
 
 
+class DatasetEntry(_Section):
+    """One dataset of a mixture (``data.train`` as a list)."""
+
+    name: str | None = D(None, "the dataset's name in metrics and reports (default: its channels)")
+    path: str = D(..., "training images: an image folder or a .beton file")
+    val: str = D(..., "validation images, likewise")
+    channels: str = D("RGB", "its channel names (letters, or a list); a name shared with another dataset is the "
+                      "same input channel of the model")
+    mean: list[float] | Literal["auto"] | None = D(None, "per-channel mean (default as data.mean; auto: its training set's)")
+    std: list[float] | Literal["auto"] | None = D(None, "per-channel std, likewise")
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channel_names(cls, value):
+        return validate_channels(value) if isinstance(value, (str, list, tuple)) else value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError(f"dataset name {value!r} must be letters, digits, _ . - (it names metrics)")
+        return value
+
+    @model_validator(mode="after")
+    def _per_channel_stats(self):
+        check_stats_length(self, self.channels, f"data.train[{self.name or self.channels}]")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.channels
+
+
+def check_stats_length(section, channels: str, where: str) -> None:
+    for key in ("mean", "std"):
+        values = getattr(section, key)
+        if isinstance(values, list) and len(values) != num_channels(channels):
+            raise ValueError(f"{where}.{key} needs one value per channel of {channels!r}, got {len(values)}")
+
+
 class DataConfig(_Section):
-    train: str | None = D(None, "training images: an image folder (root/<class>/<image>) or a .beton file")
-    val: str | None = D(None, "validation images, likewise")
+    train: str | list[DatasetEntry] | None = D(None, "training images: an image folder (root/<class>/<image>) or a "
+                                              ".beton file; or a mixture, a list of {name, path, val, channels, "
+                                              "mean, std} (docs/data.md)")
+    val: str | None = D(None, "validation images, likewise (a mixture: each dataset's val)")
     image_size: int = D(64, "side of the square images the model sees", ge=8, le=4096)
     num_workers: int = D(2, "loader workers (FFCV: threads; torchvision: processes)", ge=0, le=256)
     channels: str = D("RGB", "the data set's channel names: letters (RGB; RGBUV for 5-channel arrays) or a list "
@@ -75,11 +119,30 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _per_channel_stats(self):
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if isinstance(values, list) and len(values) != num_channels(self.channels):
-                raise ValueError(f"data.{key} needs one value per channel of {self.channels!r}, got {len(values)}")
+        if isinstance(self.train, list):
+            self._mixture()
+        check_stats_length(self, self.channels, "data")
         return self
+
+    def _mixture(self) -> None:
+        """A mixture: named datasets, no shared val/mean/std; data.channels (the model's vocabulary) becomes the
+        union of theirs, after any names it gives (a vocabulary may hold channels of datasets still to come)."""
+        if not self.train:
+            raise ValueError("data.train is an empty list: give one or more datasets {path, val, channels}")
+        labels = [e.label for e in self.train]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"data.train has two datasets called {next(x for x in labels if labels.count(x) > 1)!r}: "
+                             "give each a distinct name")
+        for key in ("val", "mean", "std"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"data.{key} is set but data.train is a list of datasets: set {key} per dataset")
+        given = [self.channels] if "channels" in self.model_fields_set else []  # its names first, in its order
+        self.channels = vocabulary(given + [e.channels for e in self.train])
+
+    @property
+    def mixture(self) -> list[DatasetEntry]:
+        """The datasets of a mixture; ``[]`` for one dataset."""
+        return self.train if isinstance(self.train, list) else []
 
 
 class ModelConfig(_Section):
@@ -199,7 +262,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _across_sections(self):
-        parse_subsets(self.eval.subsets, self.data.channels)  # letters of data.channels
+        if self.data.mixture:
+            self._mixture_settings()
+        else:
+            parse_subsets(self.eval.subsets, self.data.channels)  # letters of data.channels
         t = self.train
         end = t.res_end or self.data.image_size
         if t.res_start is not None and max(t.res_start, end) > self.data.image_size:
@@ -210,6 +276,23 @@ class Config(_Section):
             raise ValueError(f"deepspeed.{given[0]} is set but train.strategy={t.strategy}: "
                              "set train.strategy=deepspeed, or drop the deepspeed section")
         return self
+
+
+    def _mixture_settings(self) -> None:
+        sets = [e.channels for e in self.data.mixture]
+        for name in self.eval.subsets.split(",") if self.eval.subsets.strip().lower() != "all" else []:
+            if not any(subsets_within(name, c) for c in sets):
+                raise ValueError(f"eval.subsets names {name.strip()!r}, a subset of no dataset of data.train "
+                                 f"({', '.join(sets)}): use the channel names of a dataset")
+        if self.model.name.startswith("dynamic_") and self.model.stem_mode in (None, "prefix"):
+            raise ValueError("a mixture of datasets shares channels by name, but model.stem_mode=prefix (the default "
+                             "of dynamic_* models) ignores which channel is which: set model.stem_mode=slice (or "
+                             "template_mixing, hypernet, depthwise, target)")
+        if self.train.teacher is not None:
+            raise ValueError("train.teacher is not supported with a mixture of datasets (data.train as a list) yet")
+        if self.eval.every_epoch is True:
+            raise ValueError("eval.every_epoch=true is not supported with a mixture of datasets: each dataset's "
+                             "accuracy is logged every epoch (val_acc:<dataset>); the subsets at the end")
 
 
 def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -271,9 +354,16 @@ def key_table(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[s
     return rows
 
 
+def _union_branch(part) -> bool:
+    """A location part that names which type of a union pydantic tried (``str``, ``list[DatasetEntry]``)."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper())
+
+
 def _explain(err: ValidationError) -> str:
-    e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"])
+    # of a union's failed branches, the deepest is the one the value was meant for (a list of datasets
+    # with a bad entry, not "should be a string")
+    e = max(err.errors(), key=lambda e: len(e["loc"]))
+    key = ".".join(str(p) for p in e["loc"] if not _union_branch(p))
     if e["type"] == "extra_forbidden":
         value = e.get("input")
         while isinstance(value, dict) and len(value) == 1:  # a mistyped section: name its key too ('trian.epochs')

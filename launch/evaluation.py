@@ -5,12 +5,15 @@ from pathlib import Path
 
 import torch
 
-from dynconv.channels import num_channels, parse_subsets
+from dynconv.channels import num_channels, parse_subsets, subset_name
 from dynconv.data import BatchTransform, DataSource, build_source
+from dynconv.data.mixture import MixtureSource
 from dynconv.errors import DynconvError
 from dynconv.fileio import read_json
 from dynconv.evaluate import evaluate_subsets, summarize
 from dynconv.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+from .mixture import dataset_entry, evaluate_mixture, part_of
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -36,13 +39,27 @@ def check_classes(source: DataSource, num_classes: int, trained_on: list[str] | 
 
 
 def evaluate_model(model, manifest: dict, source: DataSource, subsets: str | None,
-                   device: torch.device) -> dict:
-    """The report dict written as eval.json: model, image size, per-subset metrics and a summary."""
-    channels = manifest["channels"]
-    parsed = parse_subsets(subsets, channels)
-    transform = BatchTransform(manifest["mean"], manifest["std"], device)
-    results = evaluate_subsets(model, source.epoch(0), transform, parsed, channels, manifest["image_size"], device)
-    return {"model": manifest["model"], "image_size": manifest["image_size"], "channels": channels,
+                   device: torch.device, dataset: str | None = None) -> dict:
+    """The report dict written as eval.json: model, image size, per-subset metrics and a summary. A model
+    trained on a mixture is evaluated as on its dataset ``dataset`` (its channels, named as there, and its
+    normalisation); with ``source`` a :class:`MixtureSource`, on every dataset (rows ``<dataset>:<subset>``)."""
+    if isinstance(source, MixtureSource):
+        return evaluate_mixture(evaluate_model, model, manifest, source, subsets, device)
+    if manifest.get("datasets"):
+        part = part_of(manifest, dataset_entry(manifest, dataset, source.num_channels), device)
+        channels = part.channels
+        parsed = parse_subsets(subsets, channels)
+        rows = evaluate_subsets(model, source.epoch(0), part.model_transform, [part.to_model(s) for s in parsed],
+                                manifest["channels"], manifest["image_size"], device)
+        results = {subset_name(s, channels): row for s, row in zip(parsed, rows.values())}
+        extra = {"dataset": part.name}
+    else:
+        channels = manifest["channels"]
+        parsed = parse_subsets(subsets, channels)
+        transform = BatchTransform(manifest["mean"], manifest["std"], device)
+        results = evaluate_subsets(model, source.epoch(0), transform, parsed, channels, manifest["image_size"], device)
+        extra = {}
+    return {"model": manifest["model"], "image_size": manifest["image_size"], "channels": channels, **extra,
             "num_samples": source.num_samples, "subsets": results, "summary": summarize(results)}
 
 
@@ -63,22 +80,29 @@ def reference_rgb_accuracy(reference: str, data: str, batch_size: int, num_worke
 
 def run_eval(checkpoint: str, data: str, subsets: str | None = None, batch_size: int = 256,
              num_workers: int = 2, strict: bool = False, device: str = "auto",
-             expect_model: str | None = None, reference: str | None = None) -> dict:
+             expect_model: str | None = None, reference: str | None = None, dataset: str | None = None) -> dict:
+    """``dataset``: which dataset of a mixture-trained model ``data`` is (default: the only one with as many
+    channels as ``data``)."""
     ckpt = load_checkpoint(checkpoint)
     manifest = ckpt["dynconv"]
-    parse_subsets(subsets, manifest["channels"])  # bad letters fail before any data is read
+    mixture = bool(manifest.get("datasets"))
+    if dataset is not None and not mixture:
+        raise DynconvError(f"--dataset {dataset} is for models trained on a mixture of datasets; {checkpoint} was "
+                           f"trained on one ({manifest['channels']}): drop --dataset")
+    if not mixture or dataset is not None:  # bad names fail before any data is read
+        parse_subsets(subsets, dataset_entry(manifest, dataset)["channels"] if mixture else manifest["channels"])
     model = model_from_checkpoint(ckpt, checkpoint, expect_model)
     dev = resolve_device(device)
     source = build_source(Path(data), image_size=manifest["image_size"], batch_size=batch_size,
                           num_workers=num_workers, train=False, strict=strict)
     check_classes(source, manifest["model_kwargs"]["num_classes"], manifest.get("classes"), f"data {data}")
-    if source.num_channels != num_channels(manifest["channels"]):
+    full = dataset_entry(manifest, dataset, source.num_channels)["channels"] if mixture else manifest["channels"]
+    if source.num_channels != num_channels(full):
         raise DynconvError(f"data {data} has {source.num_channels} channels, the model was trained on "
-                           f"{num_channels(manifest['channels'])} ({manifest['channels']})")
-    report = evaluate_model(model.to(dev), manifest, source, subsets, dev)
+                           f"{num_channels(full)} ({full}){' for this dataset' if mixture else ''}")
+    report = evaluate_model(model.to(dev), manifest, source, subsets, dev, dataset=dataset)
     report["checkpoint"] = str(checkpoint)
     if reference:
-        full = manifest["channels"]
         if full not in report["subsets"]:
             raise DynconvError(f"--reference needs the {full} subset in --subsets to compute rgb_gap")
         ref_acc = reference_rgb_accuracy(reference, data, batch_size, num_workers, device)

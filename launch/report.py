@@ -43,5 +43,8 @@ def write_reports(report: dict, json_path: Path, md_path: Path | None = None) ->
     files = [atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")]
     if md_path is not None:
         head = f"# {report['model']} at {report['image_size']}×{report['image_size']}\n\n"
-        files.append(atomic_write_text(md_path, head + markdown_table(report["subsets"])))
+        datasets = report.get("datasets")  # a mixture: a table per dataset, on the subsets of its channels
+        body = "\n".join(f"## {name} ({d['channels']}, {d['num_samples']} images)\n\n" + markdown_table(d["subsets"])
+                         for name, d in datasets.items()) if datasets else markdown_table(report["subsets"])
+        files.append(atomic_write_text(md_path, head + body))
     return files

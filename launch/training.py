@@ -2,6 +2,7 @@
 MLflow) -> a summary."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ from dynconv.calibration import Calibrate
 from dynconv.channels import all_subsets, num_channels, parse_subsets
 from dynconv.data import AugmentParams, BatchTransform, DataSource, build_source, default_stats
 from dynconv.data.loaders import training_set_stats
+from dynconv.data.mixture import MixturePart, MixtureSource, positions_in
 from dynconv.dropout import ChannelDropout
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text, read_json
@@ -33,6 +35,7 @@ from dynconv.train.strategies import DeepSpeedOptions, build_strategy
 
 from .config import Config, dump_yaml, flatten
 from .evaluation import check_classes, evaluate_model, resolve_device
+from .mixture import DATASETS_TAG, check_weights_apply, dropout_weights, manifest_datasets
 from .plots import subset_figure
 from .report import write_reports
 
@@ -45,21 +48,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _stats(cfg: Config) -> tuple[list[float], list[float]]:
-    """Per-channel (mean, std): as configured, the training set's with ``auto``, else the defaults."""
-    d = cfg.data
-    measured = _training_set_stats(cfg) if "auto" in (d.mean, d.std) else (None, None)
+def _stats(path, channels: str, mean, std, image_size: int) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) of a dataset: as configured, its training set's with ``auto``, else the defaults."""
+    measured = _training_set_stats(path, channels, image_size) if "auto" in (mean, std) else (None, None)
     return tuple([float(v) for v in (auto if given == "auto" else default if given is None else given)]
-                 for given, default, auto in zip((d.mean, d.std), default_stats(d.channels), measured))
+                 for given, default, auto in zip((mean, std), default_stats(channels), measured))
 
 
-def _training_set_stats(cfg: Config) -> tuple[list[float], list[float]]:
-    mean, std, source = training_set_stats(cfg.data.train, cfg.data.image_size)
-    if len(mean) != num_channels(cfg.data.channels):
-        raise DynconvError(f"{cfg.data.train} has {len(mean)} channels, data.channels={cfg.data.channels!r} names "
-                           f"{num_channels(cfg.data.channels)}: set data.channels to match")
+def _training_set_stats(path, channels: str, image_size: int) -> tuple[list[float], list[float]]:
+    mean, std, source = training_set_stats(path, image_size)
+    if len(mean) != num_channels(channels):
+        raise DynconvError(f"{path} has {len(mean)} channels but {channels!r} names {num_channels(channels)}: set "
+                           "data.channels (a mixture: the dataset's channels) to match")
     if int(os.environ.get("RANK", "0")) == 0:
-        log.info(f"data.mean/std=auto: mean {mean}, std {std} ({source})")
+        log.info(f"data.mean/std=auto for {path}: mean {mean}, std {std} ({source})")
     return mean, std
 
 
@@ -161,15 +163,27 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
     ``hooks`` get the trainer's events after dynconv's own (calibration, final evaluation, MLflow). A hook's
     ``should_stop`` (e.g. Slurm's pre-emption signal) makes training write a mid-epoch checkpoint and raise
     :class:`TrainingPreempted` (the MLflow run is marked SCHEDULED; ``train.resume=auto`` continues it)."""
-    for key in ("train", "val"):
+    mixture = cfg.data.mixture
+    for key in ("train", "val") if not mixture else ():
         if getattr(cfg.data, key) is None:
             raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
     channels = cfg.data.channels
-    eval_subsets = parse_subsets(cfg.eval.subsets, channels)
-    dropout = ChannelDropout(cfg.dropout.kind, num_channels(channels), seed=cfg.train.seed, p=cfg.dropout.p,
-                             weights=cfg.dropout.weights, curriculum=cfg.dropout.curriculum,
-                             ramp_epochs=cfg.dropout.ramp_epochs, steps=cfg.dropout.steps, channels=channels)
-    mean, std = _stats(cfg)
+    eval_subsets = parse_subsets(cfg.eval.subsets, channels) if not mixture else []
+
+    def channel_dropout(names: str, weights: dict) -> ChannelDropout:
+        o = cfg.dropout
+        return ChannelDropout(o.kind, num_channels(names), seed=cfg.train.seed, p=o.p, weights=weights,
+                              curriculum=o.curriculum, ramp_epochs=o.ramp_epochs, steps=o.steps, channels=names)
+
+    d = cfg.data
+    if mixture:
+        check_weights_apply(cfg.dropout.weights, [e.channels for e in mixture])
+        stats = [_stats(e.path, e.channels, e.mean, e.std, d.image_size) for e in mixture]
+        dropouts = [channel_dropout(e.channels, dropout_weights(cfg.dropout.weights, e.channels)) for e in mixture]
+        dropout, (mean, std) = dropouts[0], (None, None)
+    else:
+        dropout = channel_dropout(channels, cfg.dropout.weights)
+        mean, std = _stats(d.train, channels, d.mean, d.std, d.image_size)
     device = resolve_device(cfg.train.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     strategy_name = _strategy_name(cfg, world)
@@ -178,12 +192,11 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
     if device.type == "cuda" and strategy_name != "single":
         device = torch.device("cuda", dist_info.local_rank)
     run_dir = Path(cfg.run.dir)
-    d = cfg.data
     augment = AugmentParams(**d.augment.model_dump(exclude={"enabled", "where"})) if d.augment.enabled else None
     on_loader = d.augment.where == "loader" or (d.augment.where == "auto" and device.type == "cpu")
     # training on the CPU: FFCV's pipeline threads normalise (as FFCV's recipe does) instead of the training
     # thread; on an accelerator the uint8 batch is a quarter of the bytes to copy and the device normalises
-    fused = (mean, std) if device.type == "cpu" and (augment is None or on_loader) else None
+    fuse = device.type == "cpu" and (augment is None or on_loader)
 
     strategy = build_strategy(strategy_name, device, dist_info, precision=cfg.train.precision,
                               grad_accum_steps=cfg.train.grad_accum_steps, grad_clip=cfg.train.grad_clip,
@@ -191,22 +204,40 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
     seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights and subsets
     with ExitStack() as stack:
         with same_error_everywhere():  # checks some processes make alone: all end with the same one line
-            train_src = build_source(d.train, image_size=d.image_size,
+            sources = []
+            for path, val_path, names, norm, key in (
+                    [(e.path, e.val, e.channels, st, f"data.train[{e.label}]") for e, st in zip(mixture, stats)]
+                    if mixture else [(d.train, d.val, channels, (mean, std), "data.train")]):
+                fused = norm if fuse else None
+                t_src = build_source(path, image_size=d.image_size,
                                      batch_size=cfg.train.batch_size // cfg.train.grad_accum_steps,
                                      num_workers=d.num_workers, train=True, seed=cfg.train.seed, backend=d.backend,
                                      strict=d.strict, os_cache=d.os_cache, order=d.order, drop_last=d.drop_last,
                                      rank=dist_info.rank, world=dist_info.world, augment=augment if on_loader else None,
                                      decoder=d.decoder, normalize=fused)
-            val_src = build_source(d.val, image_size=d.image_size, batch_size=cfg.eval.batch_size,
-                                   num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict,
-                                   normalize=fused)
-            for src, key in ((train_src, "data.train"), (val_src, "data.val")):
-                if src.num_channels != num_channels(channels):
-                    raise DynconvError(f"{key} has {src.num_channels}-channel images but data.channels={channels!r} "
-                                       f"names {num_channels(channels)}: set data.channels to {src.num_channels} names "
-                                       "(letters such as RGBUV, or a list such as [DNA, ER, RNA, AGP, Mito])")
-            check_classes(train_src, cfg.model.num_classes, None, f"data.train {d.train}")
-            check_classes(val_src, cfg.model.num_classes, train_src.classes, f"data.val {d.val}")
+                v_src = build_source(val_path, image_size=d.image_size, batch_size=cfg.eval.batch_size,
+                                     num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict,
+                                     normalize=fused)
+                val_key = key.replace("data.train", "data.val") if not mixture else key + ".val"
+                for src, where in ((t_src, key), (v_src, val_key)):
+                    if src.num_channels != num_channels(names):
+                        raise DynconvError(f"{where} has {src.num_channels}-channel images but its channels {names!r} "
+                                           f"name {num_channels(names)}: set {'data.channels' if not mixture else key + '.channels'} "
+                                           f"to {src.num_channels} names (letters such as RGBUV, or a list such as "
+                                           "[DNA, ER, RNA, AGP, Mito])")
+                check_classes(t_src, cfg.model.num_classes, None, f"{key} {path}")
+                check_classes(v_src, cfg.model.num_classes, t_src.classes, f"{val_key} {val_path}")
+                sources.append((t_src, v_src))
+            if mixture:
+                parts = [MixturePart(e.label, e.channels, positions_in(e.channels, channels), num_channels(channels),
+                                     BatchTransform(m, sd, device, None if on_loader else augment, seed=cfg.train.seed),
+                                     BatchTransform(m, sd, device), dr)
+                         for e, (m, sd), dr in zip(mixture, stats, dropouts)]
+                train_src = MixtureSource([t for t, _ in sources], [p.name for p in parts], seed=cfg.train.seed)
+                val_src = MixtureSource([v for _, v in sources], [p.name for p in parts], interleaved=False)
+            else:
+                parts = []
+                [(train_src, val_src)] = sources
             not_kwargs = {"name", "calibrate", "calibration_batches"}
             model_kwargs = {k: v for k, v in cfg.model.model_dump(exclude=not_kwargs).items() if v is not None}
             model_kwargs["in_chans"] = num_channels(channels)
@@ -261,17 +292,25 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 log.info(f"resuming at {where} from {found[0]}")
 
         # per-subset accuracy every epoch when it is cheap: scoring the subsets costs at most one epoch's images
-        every_epoch = cfg.eval.every_epoch if isinstance(cfg.eval.every_epoch, bool) else \
-            val_src.num_samples * len(eval_subsets) <= train_src.num_samples
-        manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes)
-        eval_transform = BatchTransform(mean, std, device)
+        every_epoch = not mixture and (cfg.eval.every_epoch if isinstance(cfg.eval.every_epoch, bool) else
+                                       val_src.num_samples * len(eval_subsets) <= train_src.num_samples)
+        manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes,
+                                 datasets=manifest_datasets(mixture, stats) if mixture else None)
+        train_transform = parts[0].transform if mixture else \
+            BatchTransform(mean, std, device, None if on_loader else augment, seed=cfg.train.seed)
+        eval_transform = parts[0].eval_transform if mixture else BatchTransform(mean, std, device)
         own: list[Hook] = []
         if cfg.model.norm in ("recalibrate", "switchable") and cfg.model.calibrate:
-            full = tuple(range(num_channels(channels)))
-            per_epoch = list(dict.fromkeys([full, *(eval_subsets if every_epoch else [])]))
-            own.append(Calibrate(train_src, eval_transform, all_subsets(num_channels(channels)), per_epoch,
-                                 cfg.eval.calibration_batches, cfg.model.calibration_batches, cfg.train.epochs,
-                                 dist_info.world, dist_info.is_main))
+            if mixture:  # each dataset's subsets (as the model's), its full input scored every epoch
+                full = [p.to_model(tuple(range(len(p.positions)))) for p in parts]
+                every = list(dict.fromkeys(p.to_model(s) for p in parts for s in all_subsets(len(p.positions))))
+            else:
+                full = [tuple(range(num_channels(channels)))]
+                every = all_subsets(num_channels(channels))
+            per_epoch = list(dict.fromkeys([*full, *(eval_subsets if every_epoch else [])]))
+            own.append(Calibrate(train_src, eval_transform, every, per_epoch, cfg.eval.calibration_batches,
+                                 cfg.model.calibration_batches, cfg.train.epochs, dist_info.world, dist_info.is_main,
+                                 parts=parts))
         tracker = None
         if dist_info.is_main:
             own.append(FinalEvaluation(manifest, val_src, cfg.eval.subsets, device, config_file))
@@ -280,8 +319,13 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
 
                 params = {k: v for k, v in flatten(cfg).items() if v not in (None, {})}  # the set ones
                 params["run.name"] = cfg.run.name or run_dir.name
-                inputs = [(d.train, "training", channels, train_src.classes, train_src.num_samples),
-                          (d.val, "validation", channels, val_src.classes, val_src.num_samples)]
+                inputs = [(path, role, names, src.classes, src.num_samples)
+                          for (t_src, v_src), (path, val_path, names) in zip(sources, (
+                              [(e.path, e.val, e.channels) for e in mixture] or [(d.train, d.val, channels)]))
+                          for path, role, src in ((path, "training", t_src), (val_path, "validation", v_src))]
+                if mixture:
+                    tags = {**(tags or {}), DATASETS_TAG: json.dumps([{"name": p.name, "channels": p.channels}
+                                                                      for p in parts])}
                 tracker = MlflowTracking(cfg.tracking.uri or default_tracking_uri(run_dir), cfg.tracking.experiment,
                                          run_dir, cfg.run.name or run_dir.name, params=params,
                                          tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
@@ -290,8 +334,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 own.append(tracker)
         spec = FitSpec(
             epochs=cfg.train.epochs, device=device,
-            train_transform=BatchTransform(mean, std, device, None if on_loader else augment, seed=cfg.train.seed),
-            eval_transform=eval_transform, dropout=dropout, run_dir=run_dir, manifest=manifest,
+            train_transform=train_transform, eval_transform=eval_transform, parts=parts, dropout=dropout, run_dir=run_dir, manifest=manifest,
             label_smoothing=cfg.train.label_smoothing, keep_checkpoints=cfg.train.keep_checkpoints,
             log_every_steps=cfg.train.log_every_steps,
             max_bad_steps=cfg.train.max_bad_steps, hooks=own + list(hooks),

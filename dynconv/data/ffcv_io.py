@@ -163,7 +163,8 @@ def write_beton(index: FolderIndex, out: str | Path, max_side: int = 256, jpeg_q
         if bad is not None:
             raise DynconvError(f"{bad} has {load_sample(bad).shape[0]} channels, the dataset {channels}: "
                                "give every array the same channels")
-        image_field = NDArrayField(np.dtype("uint8"), (channels, max_side, max_side))
+        side = size or max_side  # every array is stored at this side (the field's shape is fixed)
+        image_field = NDArrayField(np.dtype("uint8"), (channels, side, side))
     else:
         check_choice(store, BETON_STORES, "image store")
         image_field = RGBImageField(write_mode=store, max_resolution=size or max_side, jpeg_quality=jpeg_quality)

@@ -79,12 +79,30 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(big.resize((size, size), Image.Resampling.BOX))
 
 
+# the channels of each set, as data.channels takes them
+CHANNELS = {"shapes": "RGB", "textures": "RGB", "sensors": "R-G-UV-IR-Depth"}
+
+
+def render_sensors(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The ``shapes`` scene of class ``label`` seen by a 5-band sensor (``size``×``size``×5 uint8): R and G as
+    in ``shapes`` (the two channels it shares with the RGB set), UV (the blue band inverted: the palette cue
+    that R and B carry), IR (a blurred luminance: the shape, no colour) and Depth (the luminance's edges)."""
+    from PIL import ImageFilter
+
+    rgb = render(label, size, rng)
+    grey = Image.fromarray(rgb).convert("L")
+    ir = np.asarray(grey.filter(ImageFilter.GaussianBlur(max(1.0, size / 24))))
+    depth = np.asarray(grey.filter(ImageFilter.FIND_EDGES))
+    return np.stack([rgb[..., 0], rgb[..., 1], 255 - rgb[..., 2], ir, depth], axis=-1)
+
+
 def _kinds() -> dict:
     """Synthetic data sets: (class names, renderer) by name (``choices.SYNTH_KINDS``)."""
     from . import textures
 
     kinds = {"shapes": (class_names, lambda k, size, rng, n: render(k, size, rng)),
-             "textures": (textures.class_names, textures.render)}
+             "textures": (textures.class_names, textures.render),
+             "sensors": (class_names, lambda k, size, rng, n: render_sensors(k, size, rng))}
     assert tuple(kinds) == SYNTH_KINDS
     return kinds
 
@@ -93,8 +111,9 @@ def write_dataset(out_dir: str | os.PathLike, num_classes: int = 10, train_per_c
                   val_per_class: int = 30, size: int = 64, seed: int = 0, overwrite: bool = False,
                   progress=None, kind: str = "shapes") -> Path:
     """Write ``out_dir/{train,val}/<class>/<i>.jpg`` of the synthetic set ``kind`` (``shapes``: colour +
-    shape, easy; ``textures``: oriented 1/f textures with photo-like channels, see ``textures.py``). Same
-    arguments -> byte-identical files.
+    shape, easy; ``textures``: oriented 1/f textures with photo-like channels, see ``textures.py``;
+    ``sensors``: the shapes scenes in 5 bands, ``<i>.npy``, see :func:`render_sensors`). Same arguments ->
+    byte-identical files.
 
     The dataset is built in a temporary sibling folder and renamed into place, so an interrupted run
     never leaves a half-written dataset under ``out_dir``.
@@ -115,7 +134,11 @@ def write_dataset(out_dir: str | os.PathLike, num_classes: int = 10, train_per_c
             rng = np.random.default_rng([seed, split_id, k, i])
             folder = tmp / split / names[k]
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(draw(k, size, rng, num_classes)).save(folder / f"{i:05d}.jpg", quality=95)
+            image = draw(k, size, rng, num_classes)
+            if image.shape[-1] == 3:
+                Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=95)
+            else:  # N-channel: H×W×C arrays, lossless
+                np.save(folder / f"{i:05d}.npy", image)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

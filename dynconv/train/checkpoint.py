@@ -134,10 +134,15 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def make_manifest(model_name: str, model_kwargs: dict, channels: str, image_size: int, mean, std,
-                  classes: list[str] | None) -> dict:
-    return {"format_version": FORMAT_VERSION, "model": model_name, "model_kwargs": dict(model_kwargs),
-            "channels": channels, "image_size": int(image_size), "mean": list(mean), "std": list(std),
-            "classes": list(classes) if classes else None}
+                  classes: list[str] | None, datasets: list[dict] | None = None) -> dict:
+    """What a checkpoint says about its model and data. A model trained on a mixture has no one normalisation:
+    ``mean``/``std`` are None and ``datasets`` lists each dataset's ``{name, channels, mean, std}``."""
+    manifest = {"format_version": FORMAT_VERSION, "model": model_name, "model_kwargs": dict(model_kwargs),
+                "channels": channels, "image_size": int(image_size), "mean": None if mean is None else list(mean),
+                "std": None if std is None else list(std), "classes": list(classes) if classes else None}
+    if datasets:
+        manifest["datasets"] = datasets
+    return manifest
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint", expect_model: str | None = None):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..channel_select import forward_subset
 from ..channels import Subset
 from ..data.loaders import DataSource
+from ..data.mixture import MixturePart
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
 from ..evaluate import subset_accuracies
@@ -55,6 +56,7 @@ class FitSpec:
     ship_ema: bool = False            # evaluate the average and write it as model.pt
     channels: str = "RGB"        # the dataset's channel names (for the per-subset metric names)
     log_every_steps: int = 0     # a progress line (step, loss, images/s, time left) every N steps; 0: none
+    parts: Sequence[MixturePart] = ()  # training on a mixture: its datasets (batches are tagged with their index)
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
 
@@ -115,10 +117,13 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
         if stoppers and any_rank(any(h.should_stop() for h in stoppers), spec.device):
             raise TrainingPreempted(epoch, step, on_step(step, totals()) if on_step is not None else None)
         subset = spec.dropout(epoch, step)
-        for j, (images, labels) in enumerate(group):
-            x = spec.train_transform(images, epoch, step * k + j)
+        for j, (images, labels, *tag) in enumerate(group):
+            part = spec.parts[tag[0]] if spec.parts else None
+            x = (part.transform if part is not None else spec.train_transform)(images, epoch, step * k + j)
             if res is not None:
                 x = resize_batch(x, res)
+            if part is not None:  # the dataset's channels, dropped within them, as channels of the model
+                x, subset = part.place(x), part.to_model(part.dropout(epoch, step))
             if spec.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels.to(spec.device, non_blocking=True)
@@ -184,16 +189,27 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: torch.device) -> float:
-    """Top-1 accuracy with every channel present."""
+def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: torch.device,
+             subset: Subset | None = None) -> float:
+    """Top-1 accuracy with every channel present (or with ``subset`` of the model's channels)."""
     model = unwrap(model)
     model.eval()
     correct = seen = 0
     for images, labels in source.epoch(0):
-        pred = model(transform(images)).argmax(1).cpu()
+        x = transform(images)
+        pred = (model(x) if subset is None else forward_subset(model, x, subset)).argmax(1).cpu()
         correct += int((pred == labels).sum())
         seen += labels.shape[0]
     return correct / max(1, seen)
+
+
+def mixture_accuracies(module: nn.Module, val, parts: Sequence[MixturePart], device: torch.device) -> dict[str, float]:
+    """``val_acc:<dataset>`` on each dataset's validation set with all of its channels, and ``val_acc``: their
+    mean (every dataset counts the same, whatever its size)."""
+    accs = {f"val_acc:{p.name}": accuracy(module, source, p.model_transform, device,
+                                           p.to_model(tuple(range(len(p.positions)))))
+            for p, source in zip(parts, val.sources)}
+    return {"val_acc": sum(accs.values()) / len(accs), **accs}
 
 
 def epoch_field(key: str, value: float) -> str:
@@ -203,6 +219,8 @@ def epoch_field(key: str, value: float) -> str:
 
 def validate(module: nn.Module, val: DataSource, spec: FitSpec) -> dict[str, float]:
     """``val_acc`` (every channel) and, with ``spec.val_subsets``, ``val_acc_<subset>`` and their mean/worst."""
+    if spec.parts:
+        return mixture_accuracies(module, val, spec.parts, spec.device)
     metrics = {"val_acc": accuracy(module, val, spec.eval_transform, spec.device)}
     if spec.val_subsets:
         metrics.update(subset_accuracies(module, val.epoch(0), spec.eval_transform, list(spec.val_subsets),

@@ -10,7 +10,9 @@ def print_result(result: dict) -> None:
     from ..report import print_table
 
     report = result["report"]
-    print_table(report["subsets"], f"{report['model']} on {report['num_samples']} validation images")
+    for name, part in (report.get("datasets") or {None: report}).items():  # a mixture: a table per dataset
+        where = f" of {name} ({part['channels']})" if name else ""
+        print_table(part["subsets"], f"{report['model']} on {part['num_samples']} validation images{where}")
     s = report["summary"]
     print(f"mean subset accuracy {100 * s['mean_subset_acc']:.2f}%, worst {100 * s['worst_subset_acc']:.2f}%")
     print(f"checkpoint: {result['checkpoint']}")

@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     e.add_argument("--tracking-uri", default=None, help="for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI)")
     e.add_argument("--data", required=True, help="validation image folder or .beton file")
     e.add_argument("--subsets", default=None, help="comma-separated, e.g. RGB,RG,R (default: all)")
+    e.add_argument("--dataset", default=None, help="a model trained on a mixture: which of its datasets --data is "
+                   "(its channels and normalisation; default: the only one with as many channels)")
     e.add_argument("--json", default=None, help="write the results to this JSON file")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--workers", type=int, default=2)
@@ -49,7 +51,7 @@ def run(a) -> int:
 
     with checkpoint_file(a.checkpoint, a.tracking_uri) as checkpoint:
         report = run_eval(checkpoint, a.data, a.subsets, a.batch_size, a.workers, a.strict, a.device, a.model,
-                          a.reference)
+                          a.reference, a.dataset)
     report["checkpoint"] = a.checkpoint
     print_table(report["subsets"], f"{report['model']} on {report['num_samples']} images of {a.data}")
     s = report["summary"]

@@ -1,0 +1,159 @@
+"""One model over datasets with different channels (data.train as a list): the channel vocabulary, the
+interleaving, the config's checks, and a mixed run from training (interrupted and resumed) to compare."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynconv.channels import subsets_within
+from dynconv.data.mixture import MixturePart, interleave, positions_in, vocabulary
+from dynconv.errors import DynconvError
+from helpers import CONFIG, TEST_WIDTH, run_cli, stop_after
+
+SENSORS = "[R, G, UV, IR, Depth]"
+
+
+def test_vocabulary_is_the_union_in_order_and_shared_names_share_a_channel():
+    vocab = vocabulary(["RGB", "R-G-UV-IR-Depth"])
+    assert vocab == "R-G-B-UV-IR-Depth"
+    assert positions_in("RGB", vocab) == (0, 1, 2)
+    assert positions_in("R-G-UV-IR-Depth", vocab) == (0, 1, 3, 4, 5)  # R and G: the RGB set's channels 0, 1
+    with pytest.raises(DynconvError, match="channel\\(s\\) DNA of 'DNA-R' are not in the model's channels"):
+        positions_in("DNA-R", vocab)
+
+
+def test_a_part_shows_its_channels_where_the_vocabulary_has_them():
+    part = MixturePart("sensors", "R-G-UV-IR-Depth", (0, 1, 3, 4, 5), 6, None, lambda x: x.float())
+    x = torch.arange(2 * 5 * 2 * 2, dtype=torch.uint8).view(2, 5, 2, 2)
+    full = part.model_transform(x)
+    assert full.shape == (2, 6, 2, 2)
+    assert torch.equal(full[:, [0, 1, 3, 4, 5]], x.float()) and not full[:, 2].any()  # B absent: 0
+    assert part.to_model((4, 0)) == (0, 5)   # Depth and R of the dataset: the model's R and Depth
+    rgb = MixturePart("rgb", "RGB", (0, 1, 2), 3, None, lambda x: x)
+    assert rgb.place(x[:, :3]) is not None and rgb.place(x[:, :3]).shape[1] == 3
+
+
+def test_interleaving_visits_every_batch_once_in_an_order_fixed_by_seed_and_epoch():
+    a = interleave([5, 3], seed=0, epoch=1)
+    assert sorted(a.tolist()) == [0] * 5 + [1] * 3
+    assert np.array_equal(a, interleave([5, 3], seed=0, epoch=1))
+    orders = {tuple(interleave([5, 3], seed=s, epoch=e)) for s in (0, 1) for e in (1, 2, 3)}
+    assert len(orders) > 1
+
+
+def test_subsets_within_a_dataset_keep_its_spelling():
+    assert subsets_within("RGB,R-G,IR,R", "RGB") == "RGB,RG,R"
+    assert subsets_within("RGB,R-G,IR,R", "R-G-UV-IR-Depth") == "R-G,IR,R"
+    assert subsets_within("all", "RGB") == "all" and subsets_within("UV", "RGB") == ""
+
+
+def _mixture(rgb, sensors, **extra) -> str:
+    entries = [f"{{name: rgb, path: {rgb}/train.beton, val: {rgb}/val.beton, channels: RGB}}",
+               f"{{name: sensors, path: {sensors}/train.beton, val: {sensors}/val.beton, channels: {SENSORS}"
+               + "".join(f", {k}: {v}" for k, v in extra.items()) + "}"]
+    return f"data.train=[{', '.join(entries)}]"
+
+
+NO_VAL = "data.val=null"  # the demo config's val is one dataset's: each dataset of a mixture has its own
+
+
+def test_the_config_derives_the_vocabulary_and_refuses_what_a_mixture_cannot_do(tmp_path):
+    from dynconv.launch.config import load_config
+
+    cfg = load_config(CONFIG, [_mixture("a", "b"), NO_VAL])
+    assert cfg.data.channels == "R-G-B-UV-IR-Depth" and [e.label for e in cfg.data.mixture] == ["rgb", "sensors"]
+    assert cfg.data.mixture[1].channels == "R-G-UV-IR-Depth"
+    wider = load_config(CONFIG, [_mixture("a", "b"), NO_VAL, "data.channels=[R, G, B, UV, IR, Depth, DNA]"])
+    assert wider.data.channels.endswith("-DNA")  # a vocabulary may name channels a later dataset brings
+    ordered = load_config(CONFIG, [_mixture("a", "b"), NO_VAL, "data.channels=[Depth, R]"])
+    assert ordered.data.channels == "Depth-R-G-B-UV-IR"  # the names given first, then the rest of the union
+    for extra, fragment in (
+            (["data.val=x.beton"], "data.val is set but data.train is a list of datasets"),
+            (["eval.subsets=RGB,DNA"], "eval.subsets names 'DNA', a subset of no dataset"),
+            (["train.teacher=t.pt"], "train.teacher is not supported with a mixture"),
+            (["model.stem_mode=prefix"], "model.stem_mode=prefix (the default of dynamic_* models) ignores which channel"),
+            (["data.train=[{path: a, val: b}, {path: c, val: d}]"], "two datasets called 'RGB'"),
+            ([_mixture("a", "b", mean=[0.5])], "data.train[sensors].mean needs one value per channel")):
+        with pytest.raises(DynconvError, match=__import__("re").escape(fragment)):
+            load_config(CONFIG, [_mixture("a", "b"), NO_VAL, *extra])
+
+
+@pytest.fixture(scope="module")
+def two_sets(module_tmp):
+    """The shapes set (RGB) and the sensors set (R, G, UV, IR, Depth; the same scenes and classes): 4 classes x
+    (24 train, 8 val) at 24 px each, as .beton files."""
+    from dynconv.data import scan_image_folder
+    from dynconv.data.ffcv_io import write_beton
+    from dynconv.data.synth import write_dataset
+
+    root = module_tmp("mixture")
+    for name, kind, seed in (("rgb", "shapes", 0), ("sensors", "sensors", 1)):
+        write_dataset(root / name, num_classes=4, train_per_class=24, val_per_class=8, size=24, seed=seed, kind=kind)
+        for split in ("train", "val"):  # arrays at --size with 2 writer workers (a field of the wrong shape hung)
+            write_beton(scan_image_folder(root / name / split), root / name / f"{split}.beton", size=24,
+                        store="raw", num_workers=2)
+    return root
+
+
+@pytest.mark.slow
+def test_a_mixed_run_resumes_bitwise_and_reads_back_per_dataset(two_sets, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from dynconv.launch.config import load_config
+    from dynconv.launch.training import run_training
+    from dynconv.train import TrainingPreempted
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+    def cfg(name, *extra):
+        return load_config(CONFIG, [_mixture(two_sets / "rgb", two_sets / "sensors", mean="auto", std="auto"), NO_VAL,
+                                    "data.image_size=24", "model.num_classes=4", f"model.width={TEST_WIDTH}",
+                                    "train.epochs=2", "train.batch_size=16", "train.every_steps=3",
+                                    "data.num_workers=1", f"run.dir={tmp_path / name}", f"tracking.uri={uri}",
+                                    f"run.name={name}", *extra])
+
+    reference = run_training(cfg("reference"))
+    with pytest.raises(TrainingPreempted) as stop:  # 6 + 6 steps an epoch, interleaved
+        run_training(cfg("stopped"), hooks=[stop_after(iter(range(10_000)), 15)])
+    assert (stop.value.epoch, stop.value.step) == (2, 3)
+    resumed = run_training(cfg("stopped", "train.resume=auto"))
+    a = torch.load(reference["checkpoint"], weights_only=True)
+    b = torch.load(resumed["checkpoint"], weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # batch order, subsets: all replayed
+    # one stem over the vocabulary: R and G of both datasets are the same input channels
+    manifest = a["dynconv"]
+    assert manifest["channels"] == "R-G-B-UV-IR-Depth" and manifest["model_kwargs"]["in_chans"] == 6
+    assert [(d["name"], d["channels"], len(d["mean"])) for d in manifest["datasets"]] == [
+        ("rgb", "RGB", 3), ("sensors", "R-G-UV-IR-Depth", 5)]
+
+    report = json.loads((tmp_path / "reference" / "eval.json").read_text())
+    assert {n: len(d["subsets"]) for n, d in report["datasets"].items()} == {"rgb": 7, "sensors": 31}
+    assert len(report["subsets"]) == 38 and report["subsets"]["rgb:RGB"] == report["datasets"]["rgb"]["subsets"]["RGB"]
+    assert report["subsets"]["sensors:R-G"]["macs"] == report["subsets"]["rgb:RG"]["macs"]  # the same 2 stem channels
+    assert report["subsets"]["rgb:RGB"]["macs"] > report["subsets"]["rgb:R"]["macs"]
+
+    # dynconv eval: which dataset the data is (by channel count, or --dataset), rows in its names
+    out = tmp_path / "sensors.json"
+    model = tmp_path / "reference" / "model.pt"
+    assert run_cli("eval", model, "--data", two_sets / "sensors" / "val.beton", "--subsets", "R-G,Depth",
+                   "--json", out) == 0
+    one = json.loads(out.read_text())
+    assert one["dataset"] == "sensors" and list(one["subsets"]) == ["R-G", "Depth"]
+    assert one["subsets"]["R-G"]["accuracy"] == pytest.approx(report["subsets"]["sensors:R-G"]["accuracy"])
+    assert run_cli("eval", model, "--data", two_sets / "rgb" / "val.beton", "--dataset", "cells") == 2
+    assert "trained on datasets rgb, sensors, not 'cells'" in capsys.readouterr().err
+
+    # MLflow: each dataset's accuracy every epoch; compare: a row per dataset
+    client = MlflowClient(uri)
+    run_id = reference["run_id"]
+    for key in ("val_acc", "val_acc:rgb", "val_acc:sensors"):
+        assert [m.step for m in client.get_metric_history(run_id, f"curves/{key}")] == [1, 2], key
+    capsys.readouterr()
+    assert run_cli("compare", "--tracking-uri", uri, "--format", "json", "--filter", "attributes.run_name = 'reference'") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["dataset"], r["full"], len(r["acc"])) for r in rows] == [("rgb", "RGB", 7), ("sensors", "R-G-UV-IR-Depth", 31)]
+    assert rows[1]["acc"]["R-G"] == pytest.approx(report["subsets"]["sensors:R-G"]["accuracy"])
+    assert rows[0]["mean_subset_acc"] == pytest.approx(report["datasets"]["rgb"]["summary"]["mean_subset_acc"])
+    assert run_cli("compare", "--tracking-uri", uri, "--format", "csv") == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("run_id,run,dataset,model")
