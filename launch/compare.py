@@ -149,7 +149,7 @@ def _columns(rows: list[dict]) -> list[str]:
     for r in rows:
         subsets += [s for s in r["acc"] if s not in subsets]
     info = [c for c in INFO_COLUMNS if c != "run_id"]
-    if any(r["dataset"] for r in rows):  # a mixture among the runs: which dataset each row is of
+    if any(r.get("dataset") for r in rows):  # a mixture among the runs: which dataset each row is of
         info.insert(1, "dataset")
     cols = info + [f"acc_{s}" for s in subsets]
     cols += ["mean_subset_acc", "worst_subset_acc", "f1"]

@@ -48,7 +48,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _stats(path, channels: str, mean, std, image_size: int) -> tuple[list[float], list[float]]:
+def _stats(cfg: Config) -> tuple[list[float], list[float]]:
+    """The one dataset's per-channel (mean, std)."""
+    d = cfg.data
+    return dataset_stats(d.train, d.channels, d.mean, d.std, d.image_size)
+
+
+def dataset_stats(path, channels: str, mean, std, image_size: int) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std) of a dataset: as configured, its training set's with ``auto``, else the defaults."""
     measured = _training_set_stats(path, channels, image_size) if "auto" in (mean, std) else (None, None)
     return tuple([float(v) for v in (auto if given == "auto" else default if given is None else given)]
@@ -61,7 +67,7 @@ def _training_set_stats(path, channels: str, image_size: int) -> tuple[list[floa
         raise DynconvError(f"{path} has {len(mean)} channels but {channels!r} names {num_channels(channels)}: set "
                            "data.channels (a mixture: the dataset's channels) to match")
     if int(os.environ.get("RANK", "0")) == 0:
-        log.info(f"data.mean/std=auto for {path}: mean {mean}, std {std} ({source})")
+        log.info(f"data.mean/std=auto: mean {mean}, std {std} ({source}) for {path}")
     return mean, std
 
 
@@ -178,12 +184,12 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
     d = cfg.data
     if mixture:
         check_weights_apply(cfg.dropout.weights, [e.channels for e in mixture])
-        stats = [_stats(e.path, e.channels, e.mean, e.std, d.image_size) for e in mixture]
+        stats = [dataset_stats(e.path, e.channels, e.mean, e.std, d.image_size) for e in mixture]
         dropouts = [channel_dropout(e.channels, dropout_weights(cfg.dropout.weights, e.channels)) for e in mixture]
         dropout, (mean, std) = dropouts[0], (None, None)
     else:
         dropout = channel_dropout(channels, cfg.dropout.weights)
-        mean, std = _stats(d.train, channels, d.mean, d.std, d.image_size)
+        mean, std = _stats(cfg)
     device = resolve_device(cfg.train.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     strategy_name = _strategy_name(cfg, world)
