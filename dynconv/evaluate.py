@@ -5,7 +5,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from torch import nn
 
 from .channel_select import forward_subset
@@ -15,6 +14,10 @@ from .metric_names import MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    # imported here: sklearn takes ~2 s to import, which every process (each rank, each resumed or killed job)
+    # would pay at start-up, while only the final evaluation needs it
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
     p, r, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
