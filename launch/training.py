@@ -224,13 +224,12 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 v_src = build_source(val_path, image_size=d.image_size, batch_size=cfg.eval.batch_size,
                                      num_workers=d.num_workers, train=False, backend=d.backend, strict=d.strict,
                                      normalize=fused)
-                val_key = key.replace("data.train", "data.val") if not mixture else key + ".val"
+                val_key, named = (f"{key}.val", f"{key}.channels") if mixture else ("data.val", "data.channels")
                 for src, where in ((t_src, key), (v_src, val_key)):
                     if src.num_channels != num_channels(names):
-                        raise DynconvError(f"{where} has {src.num_channels}-channel images but its channels {names!r} "
-                                           f"name {num_channels(names)}: set {'data.channels' if not mixture else key + '.channels'} "
-                                           f"to {src.num_channels} names (letters such as RGBUV, or a list such as "
-                                           "[DNA, ER, RNA, AGP, Mito])")
+                        raise DynconvError(f"{where} has {src.num_channels}-channel images but {named}={names!r} names "
+                                           f"{num_channels(names)}: set {named} to {src.num_channels} names (letters "
+                                           "such as RGBUV, or a list such as [DNA, ER, RNA, AGP, Mito])")
                 check_classes(t_src, cfg.model.num_classes, None, f"{key} {path}")
                 check_classes(v_src, cfg.model.num_classes, t_src.classes, f"{val_key} {val_path}")
                 sources.append((t_src, v_src))
