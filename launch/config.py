@@ -290,9 +290,6 @@ class Config(_Section):
                              "template_mixing, hypernet, depthwise, target)")
         if self.train.teacher is not None:
             raise ValueError("train.teacher is not supported with a mixture of datasets (data.train as a list) yet")
-        if self.eval.every_epoch is True:
-            raise ValueError("eval.every_epoch=true is not supported with a mixture of datasets: each dataset's "
-                             "accuracy is logged every epoch (val_acc:<dataset>); the subsets at the end")
 
 
 def _known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:

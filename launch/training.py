@@ -15,7 +15,7 @@ import torch
 
 from dynconv.batching import check_global_batch
 from dynconv.calibration import Calibrate
-from dynconv.channels import all_subsets, num_channels, parse_subsets
+from dynconv.channels import all_subsets, num_channels, parse_subsets, subsets_within
 from dynconv.data import AugmentParams, BatchTransform, DataSource, build_source, default_stats
 from dynconv.data.loaders import training_set_stats
 from dynconv.data.mixture import MixturePart, MixtureSource, positions_in
@@ -175,6 +175,8 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
     channels = cfg.data.channels
     eval_subsets = parse_subsets(cfg.eval.subsets, channels) if not mixture else []
+    part_subsets = [parse_subsets(within, e.channels) if (within := subsets_within(cfg.eval.subsets, e.channels)) else []
+                    for e in mixture]  # a mixture: each dataset's subsets of eval.subsets, in its own indices
 
     def channel_dropout(names: str, weights: dict) -> ChannelDropout:
         o = cfg.dropout
@@ -297,8 +299,12 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 log.info(f"resuming at {where} from {found[0]}")
 
         # per-subset accuracy every epoch when it is cheap: scoring the subsets costs at most one epoch's images
-        every_epoch = not mixture and (cfg.eval.every_epoch if isinstance(cfg.eval.every_epoch, bool) else
-                                       val_src.num_samples * len(eval_subsets) <= train_src.num_samples)
+        scored = [(src.num_samples, subs) for (_, src), subs in zip(sources, part_subsets)] if mixture else \
+            [(val_src.num_samples, eval_subsets)]
+        every_epoch = cfg.eval.every_epoch if isinstance(cfg.eval.every_epoch, bool) else \
+            sum(n * len(subs) for n, subs in scored) <= train_src.num_samples
+        for part, subs in zip(parts, part_subsets):
+            part.val_subsets = tuple(subs) if every_epoch else ()
         manifest = make_manifest(cfg.model.name, model_kwargs, channels, d.image_size, mean, std, train_src.classes,
                                  datasets=manifest_datasets(mixture, stats) if mixture else None)
         train_transform = parts[0].transform if mixture else \
@@ -306,8 +312,8 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
         eval_transform = parts[0].eval_transform if mixture else BatchTransform(mean, std, device)
         own: list[Hook] = []
         if cfg.model.norm in ("recalibrate", "switchable") and cfg.model.calibrate:
-            if mixture:  # each dataset's subsets (as the model's), its full input scored every epoch
-                full = [p.to_model(tuple(range(len(p.positions)))) for p in parts]
+            if mixture:  # each dataset's subsets (as the model's): its full input and val_subsets every epoch
+                full = [p.to_model(s) for p in parts for s in (tuple(range(len(p.positions))), *p.val_subsets)]
                 every = list(dict.fromkeys(p.to_model(s) for p in parts for s in all_subsets(len(p.positions))))
             else:
                 full = [tuple(range(num_channels(channels)))]

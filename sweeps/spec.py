@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from dynconv.channels import parse_subsets, subset_name, validate_channels
+from dynconv.channels import parse_subsets, subset_name, subsets_within, validate_channels
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 
@@ -89,10 +89,13 @@ def parse_resources(text: str) -> dict[str, float]:
 
 def _absolute_paths(base: dict) -> dict:
     """Trials run in other working directories (Ray workers): make relative data paths and sqlite URIs absolute."""
-    for key in ("train", "val"):
-        value = base["data"].get(key)
+    data = base["data"]
+    places = [(data, "train"), (data, "val")] if not isinstance(data.get("train"), list) else \
+        [(entry, key) for entry in data["train"] for key in ("path", "val")]  # a mixture: each dataset's
+    for holder, key in places:
+        value = holder.get(key)
         if value and not Path(value).is_absolute() and Path(value).exists():
-            base["data"][key] = str(Path(value).resolve())
+            holder[key] = str(Path(value).resolve())
     uri = base["tracking"].get("uri")
     if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         base["tracking"]["uri"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
@@ -100,8 +103,16 @@ def _absolute_paths(base: dict) -> dict:
 
 
 def _check_metric(metric: str, base: dict) -> None:
-    channels = validate_channels(base["data"]["channels"])
-    names = [subset_name(s, channels) for s in parse_subsets(base["eval"]["subsets"], channels)]
+    train, spec = base["data"]["train"], base["eval"]["subsets"]
+    if isinstance(train, list):  # a mixture: acc_<dataset>:<subset> for each dataset's subsets of eval.subsets
+        names = []
+        for entry in train:  # a dumped config: channels in their canonical spelling
+            within = subsets_within(spec, entry["channels"])
+            subsets = parse_subsets(within, entry["channels"]) if within else []
+            names += [f"{entry['name'] or entry['channels']}:{subset_name(s, entry['channels'])}" for s in subsets]
+    else:
+        channels = validate_channels(base["data"]["channels"])
+        names = [subset_name(s, channels) for s in parse_subsets(spec, channels)]
     allowed = ["worst_subset_acc", "mean_subset_acc"] + [f"acc_{n}" for n in names]
     if metric not in allowed:
         raise DynconvError(f"--metric {metric}: choose one of {', '.join(allowed)} (acc_<subset> for a subset in "
@@ -139,13 +150,20 @@ def _check(spec: SweepSpec) -> SearchSpace:
             raise DynconvError(f"--perturbation-interval {spec.perturbation_interval} must be at least 1 and less "
                                f"than train.epochs={spec.epochs} (PBT acts between epochs)")
         space.pbt_mutations()
-    for key in ("train", "val"):
-        path = spec.base["data"].get(key)
+    for key, path in _data_paths(spec.base["data"]):
         if not path:
-            raise DynconvError(f"config key 'data.{key}' is required: a .beton file or an image folder")
+            raise DynconvError(f"config key '{key}' is required: a .beton file or an image folder")
         if not Path(path).exists():  # checked here rather than once per trial
-            raise DynconvError(f"data.{key} {path} does not exist: pass a .beton file or an image folder")
+            raise DynconvError(f"{key} {path} does not exist: pass a .beton file or an image folder")
     return space
+
+
+def _data_paths(data: dict) -> list[tuple[str, str | None]]:
+    """(config key, path) of every data path: data.train and data.val, or each dataset's of a mixture."""
+    if isinstance(data.get("train"), list):
+        return [(f"data.train[{e.get('name') or e.get('channels')}].{key}", e.get(key))
+                for e in data["train"] for key in ("path", "val")]
+    return [(f"data.{key}", data.get(key)) for key in ("train", "val")]
 
 
 def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None, overrides: Sequence[str],

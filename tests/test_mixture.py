@@ -186,3 +186,26 @@ def test_training_on_both_datasets_beats_each_alone_on_the_channels_they_share(t
             assert list(shared) == list(own["subsets"])  # the same subsets, named alike
             gains[name].append(np.mean([shared[s]["accuracy"] - own["subsets"][s]["accuracy"] for s in shared]))
     assert all(np.mean(g) > 0 for g in gains.values()), gains
+
+
+@pytest.mark.slow  # imports Ray (which subclasses subprocess.Popen, which the in-process tier replaces)
+def test_a_sweep_takes_a_mixture_with_relative_paths_and_its_per_dataset_metrics(tmp_path, monkeypatch):
+    from dynconv.sweeps.spec import SweepOptions, resolve_spec
+
+    for name in ("rgb", "sensors"):
+        for split in ("train", "val"):
+            (tmp_path / name / f"{split}.beton").parent.mkdir(exist_ok=True)
+            (tmp_path / name / f"{split}.beton").touch()
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text("dropout.kind: {grid: [none, uniform_subsets]}\n")
+    args = [CONFIG, space, [_mixture("rgb", "sensors"), NO_VAL, "eval.subsets=R-G,R,IR"]]
+    spec = resolve_spec(tmp_path / "out", False, *args, SweepOptions(metric="acc_sensors:IR"))
+    entries = spec.base["data"]["train"]
+    assert [e["path"] for e in entries] == [str(tmp_path / "rgb" / "train.beton"), str(tmp_path / "sensors" / "train.beton")]
+    assert entries[1]["val"] == str(tmp_path / "sensors" / "val.beton")  # trials run elsewhere: absolute paths
+    with pytest.raises(DynconvError, match="acc_rgb:RG, acc_rgb:R, acc_sensors:R-G, acc_sensors:R, acc_sensors:IR"):
+        resolve_spec(tmp_path / "out", False, *args, SweepOptions(metric="acc_IR"))
+    (tmp_path / "sensors" / "val.beton").unlink()
+    with pytest.raises(DynconvError, match="data.train\\[sensors\\].val sensors/val.beton does not exist"):
+        resolve_spec(tmp_path / "out2", False, *args, SweepOptions())

@@ -49,6 +49,7 @@ class MixturePart:
     transform: Callable               # (uint8 batch, epoch, micro-step) -> normalised float batch (training)
     eval_transform: Callable          # uint8 batch -> normalised float batch
     dropout: ChannelDropout | None = None  # over the dataset's own channels
+    val_subsets: tuple[Subset, ...] = ()   # also scored every epoch (its own indices)
 
     def to_model(self, subset: Subset) -> Subset:
         """A subset of the dataset's channels (its indices) as the model's (vocabulary indices, sorted)."""

@@ -14,12 +14,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..channel_select import forward_subset
-from ..channels import Subset
+from ..channels import Subset, subset_name
 from ..data.loaders import DataSource
 from ..data.mixture import MixturePart
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
-from ..evaluate import subset_accuracies
+from ..evaluate import predict_subsets, subset_accuracies
+from ..metric_names import MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .distributed import all_reduce_sum, any_rank, barrier, unwrap
 from .ema import WeightEMA
@@ -205,11 +206,24 @@ def accuracy(model: nn.Module, source: DataSource, transform: Callable, device: 
 
 def mixture_accuracies(module: nn.Module, val, parts: Sequence[MixturePart], device: torch.device) -> dict[str, float]:
     """``val_acc:<dataset>`` on each dataset's validation set with all of its channels, and ``val_acc``: their
-    mean (every dataset counts the same, whatever its size)."""
+    mean (every dataset counts the same, whatever its size); with the parts' ``val_subsets``, also
+    ``val_acc_<dataset>:<subset>`` and their mean and worst."""
     accs = {f"val_acc:{p.name}": accuracy(module, source, p.model_transform, device,
                                            p.to_model(tuple(range(len(p.positions)))))
             for p, source in zip(parts, val.sources)}
-    return {"val_acc": sum(accs.values()) / len(accs), **accs}
+    out = {"val_acc": sum(accs.values()) / len(accs), **accs}
+    per_subset = {}
+    for p, source in zip(parts, val.sources):
+        if p.val_subsets:
+            y, preds = predict_subsets(unwrap(module), source.epoch(0), p.model_transform,
+                                       [p.to_model(s) for s in p.val_subsets], device)
+            per_subset.update({metric_name("accuracy", f"{p.name}:{subset_name(s, p.channels)}", per_epoch=True):
+                               float((preds[p.to_model(s)] == y).mean()) for s in p.val_subsets})
+    if per_subset:
+        out.update(per_subset)
+        out[metric_name(MEAN_SUBSET_ACC, per_epoch=True)] = sum(per_subset.values()) / len(per_subset)
+        out[metric_name(WORST_SUBSET_ACC, per_epoch=True)] = min(per_subset.values())
+    return out
 
 
 def epoch_field(key: str, value: float) -> str:
