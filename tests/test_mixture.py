@@ -111,7 +111,7 @@ def test_a_mixed_run_resumes_bitwise_and_reads_back_per_dataset(two_sets, tmp_pa
                                     "data.image_size=24", "model.num_classes=4", f"model.width={TEST_WIDTH}",
                                     "train.epochs=2", "train.batch_size=16", "train.every_steps=3",
                                     "data.num_workers=1", f"run.dir={tmp_path / name}", f"tracking.uri={uri}",
-                                    f"run.name={name}", *extra])
+                                    f"run.name={name}", "eval.every_epoch=true", "model.calibration_batches=2", *extra])
 
     reference = run_training(cfg("reference"))
     with pytest.raises(TrainingPreempted) as stop:  # 6 + 6 steps an epoch, interleaved
@@ -147,8 +147,13 @@ def test_a_mixed_run_resumes_bitwise_and_reads_back_per_dataset(two_sets, tmp_pa
     # MLflow: each dataset's accuracy every epoch; compare: a row per dataset
     client = MlflowClient(uri)
     run_id = reference["run_id"]
-    for key in ("val_acc", "val_acc:rgb", "val_acc:sensors"):
+    for key in ("val_acc", "val_acc:rgb", "val_acc:sensors", "val_acc_rgb:RG", "val_acc_sensors:R-G-UV-IR-Depth",
+                "val_worst_subset_acc"):
         assert [m.step for m in client.get_metric_history(run_id, f"curves/{key}")] == [1, 2], key
+    last = {key: client.get_metric_history(run_id, f"curves/val_acc_{key}")[-1].value for key in report["subsets"]}
+    # the last epoch calibrates every subset as the final checkpoint is: its read-outs are the final evaluation's
+    assert last == {key: pytest.approx(row["accuracy"]) for key, row in report["subsets"].items()}
+    assert client.get_metric_history(run_id, "curves/val_worst_subset_acc")[-1].value == pytest.approx(min(last.values()))
     capsys.readouterr()
     assert run_cli("compare", "--tracking-uri", uri, "--format", "json", "--filter", "attributes.run_name = 'reference'") == 0
     rows = json.loads(capsys.readouterr().out)
