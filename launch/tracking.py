@@ -88,10 +88,14 @@ def context_tags() -> dict[str, str]:
     return tags
 
 
-def dataset_input(path: str | Path, context: str, channels: str, classes: list[str] | None, samples: int):
+def dataset_input(path: str | Path, context: str, channels: str, classes: list[str] | None, samples: int,
+                  dataset: str | None = None):
     """An MLflow dataset input for a data set (an image folder or a .beton): its path, a digest of what it
-    holds (names, sizes and times of its files; the .beton's sidecar), and its channels and classes."""
+    holds (names, sizes and times of its files; the .beton's sidecar), and its channels and classes.
+    ``dataset``: its name in a mixture (the input is called ``<dataset>/<file name>``)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from dynconv.channels import channel_names
 
     path = Path(path).resolve()
     files = [path] + ([path.with_name(path.name + ".json")] if path.is_file() else sorted(path.rglob("*"))[:100_000])
@@ -100,8 +104,8 @@ def dataset_input(path: str | Path, context: str, channels: str, classes: list[s
         if f.is_file():
             st = f.stat()
             h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    schema = json.dumps({"channels": list(channels), "classes": classes})
-    return DatasetInput(Dataset(name=path.name, digest=h.hexdigest()[:16], source_type="local", source=str(path),
+    schema = json.dumps({"channels": list(channel_names(channels)), "classes": classes})
+    return DatasetInput(Dataset(name=f"{dataset}/{path.name}" if dataset else path.name, digest=h.hexdigest()[:16], source_type="local", source=str(path),
                                 schema=schema, profile=json.dumps({"samples": samples})),
                         tags=[InputTag("mlflow.data.context", context)])
 

@@ -330,9 +330,9 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
 
                 params = {k: v for k, v in flatten(cfg).items() if v not in (None, {})}  # the set ones
                 params["run.name"] = cfg.run.name or run_dir.name
-                inputs = [(path, role, names, src.classes, src.num_samples)
-                          for (t_src, v_src), (path, val_path, names) in zip(sources, (
-                              [(e.path, e.val, e.channels) for e in mixture] or [(d.train, d.val, channels)]))
+                inputs = [(path, role, names, src.classes, src.num_samples, label)
+                          for (t_src, v_src), (path, val_path, names, label) in zip(sources, (
+                              [(e.path, e.val, e.channels, e.label) for e in mixture] or [(d.train, d.val, channels, None)]))
                           for path, role, src in ((path, "training", t_src), (val_path, "validation", v_src))]
                 if mixture:
                     tags = {**(tags or {}), DATASETS_TAG: json.dumps([{"name": p.name, "channels": p.channels}

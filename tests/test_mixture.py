@@ -147,6 +147,10 @@ def test_a_mixed_run_resumes_bitwise_and_reads_back_per_dataset(two_sets, tmp_pa
     # MLflow: each dataset's accuracy every epoch; compare: a row per dataset
     client = MlflowClient(uri)
     run_id = reference["run_id"]
+    inputs = {i.dataset.name: json.loads(i.dataset.schema)["channels"] for i in client.get_run(run_id).inputs.dataset_inputs}
+    assert inputs == {"rgb/train.beton": ["R", "G", "B"], "rgb/val.beton": ["R", "G", "B"],
+                      "sensors/train.beton": ["R", "G", "UV", "IR", "Depth"],
+                      "sensors/val.beton": ["R", "G", "UV", "IR", "Depth"]}
     for key in ("val_acc", "val_acc:rgb", "val_acc:sensors", "val_acc_rgb:RG", "val_acc_sensors:R-G-UV-IR-Depth",
                 "val_worst_subset_acc"):
         assert [m.step for m in client.get_metric_history(run_id, f"curves/{key}")] == [1, 2], key
