@@ -218,3 +218,31 @@ def test_a_sweep_takes_a_mixture_with_relative_paths_and_its_per_dataset_metrics
     (tmp_path / "sensors" / "val.beton").unlink()
     with pytest.raises(DynconvError, match="data.train\\[sensors\\].val sensors/val.beton does not exist"):
         resolve_spec(tmp_path / "out2", False, *args, SweepOptions())
+
+
+@pytest.mark.slow
+def test_a_mixture_over_two_processes_trains_what_one_process_does(two_sets, tmp_path):
+    """DDP over a mixture: every process draws the same dataset and subset at each step (the interleaving and
+    dropout depend on (seed, epoch, step) only), so 2 processes x 8 images follow 1 process x 16 (GroupNorm:
+    no batch statistics; up to the order of floating-point sums)."""
+    import subprocess
+    import sys
+
+    from helpers import epoch_losses
+
+    folders = (f"data.train=[{{name: rgb, path: {two_sets / 'rgb' / 'train'}, val: {two_sets / 'rgb' / 'val'}, "
+               f"channels: RGB}}, {{name: sensors, path: {two_sets / 'sensors' / 'train'}, "
+               f"val: {two_sets / 'sensors' / 'val'}, channels: {SENSORS}}}]")
+    out = {}
+    for name, nproc in (("single", 1), ("ddp", 2)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dynconv", "train", "--nproc", str(nproc), "--config", CONFIG, folders, NO_VAL,
+             "data.image_size=24", "model.num_classes=4", f"model.width={TEST_WIDTH}", "train.epochs=2",
+             "train.batch_size=16", "model.norm=group", "train.grad_clip=1.0", "data.augment.enabled=false",
+             "data.num_workers=0", "tracking.enabled=false", f"run.dir={tmp_path / name}"],
+            capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[name] = proc.stdout
+    single, ddp = epoch_losses(out["single"]), epoch_losses(out["ddp"])
+    assert len(single) == len(ddp) == 2 and all(abs(a - b) < 0.02 for a, b in zip(single, ddp)), (single, ddp)
+    assert "data-parallel over 2 processes (gloo)" in out["ddp"] and "val_acc:sensors" in out["ddp"]
