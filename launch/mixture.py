@@ -23,13 +23,18 @@ def manifest_datasets(entries, stats: list[tuple[list[float], list[float]]]) -> 
             for e, (m, s) in zip(entries, stats)]
 
 
-def part_of(manifest: dict, dataset: dict, device: torch.device, transform: Callable | None = None,
-            dropout: ChannelDropout | None = None) -> MixturePart:
+def dataset_part(name: str, channels: str, vocab: str, mean, std, device: torch.device,
+                 transform: Callable | None = None, dropout: ChannelDropout | None = None) -> MixturePart:
+    """One dataset of a model over ``vocab``: where its channels sit, its normalisation for evaluation, and (for
+    training) its transform and channel dropout."""
+    return MixturePart(name, channels, positions_in(channels, vocab), num_channels(vocab), transform,
+                       BatchTransform(mean, std, device), dropout)
+
+
+def part_of(manifest: dict, dataset: dict, device: torch.device) -> MixturePart:
     """A recorded dataset (an item of ``manifest["datasets"]``) of the model's vocabulary."""
-    vocab = manifest["channels"]
-    return MixturePart(dataset["name"], dataset["channels"], positions_in(dataset["channels"], vocab),
-                       num_channels(vocab), transform, BatchTransform(dataset["mean"], dataset["std"], device),
-                       dropout)
+    return dataset_part(dataset["name"], dataset["channels"], manifest["channels"], dataset["mean"], dataset["std"],
+                        device)
 
 
 def dataset_entry(manifest: dict, name: str | None, data_channels: int | None = None) -> dict:

@@ -18,7 +18,7 @@ from dynconv.calibration import Calibrate
 from dynconv.channels import all_subsets, num_channels, parse_subsets, subsets_within
 from dynconv.data import AugmentParams, BatchTransform, DataSource, build_source, default_stats
 from dynconv.data.loaders import training_set_stats
-from dynconv.data.mixture import MixturePart, MixtureSource, positions_in
+from dynconv.data.mixture import MixtureSource
 from dynconv.dropout import ChannelDropout
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text, read_json
@@ -35,7 +35,7 @@ from dynconv.train.strategies import DeepSpeedOptions, build_strategy
 
 from .config import Config, dump_yaml, flatten
 from .evaluation import check_classes, evaluate_model, resolve_device
-from .mixture import DATASETS_TAG, check_weights_apply, dropout_weights, manifest_datasets
+from .mixture import DATASETS_TAG, check_weights_apply, dataset_part, dropout_weights, manifest_datasets
 from .plots import subset_figure
 from .report import write_reports
 
@@ -236,9 +236,8 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 check_classes(v_src, cfg.model.num_classes, t_src.classes, f"{val_key} {val_path}")
                 sources.append((t_src, v_src))
             if mixture:
-                parts = [MixturePart(e.label, e.channels, positions_in(e.channels, channels), num_channels(channels),
-                                     BatchTransform(m, sd, device, None if on_loader else augment, seed=cfg.train.seed),
-                                     BatchTransform(m, sd, device), dr)
+                parts = [dataset_part(e.label, e.channels, channels, m, sd, device, dropout=dr, transform=BatchTransform(
+                             m, sd, device, None if on_loader else augment, seed=cfg.train.seed))
                          for e, (m, sd), dr in zip(mixture, stats, dropouts)]
                 train_src = MixtureSource([t for t, _ in sources], [p.name for p in parts], seed=cfg.train.seed)
                 val_src = MixtureSource([v for _, v in sources], [p.name for p in parts], interleaved=False)

@@ -89,13 +89,10 @@ def parse_resources(text: str) -> dict[str, float]:
 
 def _absolute_paths(base: dict) -> dict:
     """Trials run in other working directories (Ray workers): make relative data paths and sqlite URIs absolute."""
-    data = base["data"]
-    places = [(data, "train"), (data, "val")] if not isinstance(data.get("train"), list) else \
-        [(entry, key) for entry in data["train"] for key in ("path", "val")]  # a mixture: each dataset's
-    for holder, key in places:
-        value = holder.get(key)
+    for _, holder, field in _data_paths(base["data"]):
+        value = holder.get(field)
         if value and not Path(value).is_absolute() and Path(value).exists():
-            holder[key] = str(Path(value).resolve())
+            holder[field] = str(Path(value).resolve())
     uri = base["tracking"].get("uri")
     if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         base["tracking"]["uri"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
@@ -150,7 +147,8 @@ def _check(spec: SweepSpec) -> SearchSpace:
             raise DynconvError(f"--perturbation-interval {spec.perturbation_interval} must be at least 1 and less "
                                f"than train.epochs={spec.epochs} (PBT acts between epochs)")
         space.pbt_mutations()
-    for key, path in _data_paths(spec.base["data"]):
+    for key, holder, field in _data_paths(spec.base["data"]):
+        path = holder.get(field)
         if not path:
             raise DynconvError(f"config key '{key}' is required: a .beton file or an image folder")
         if not Path(path).exists():  # checked here rather than once per trial
@@ -158,12 +156,13 @@ def _check(spec: SweepSpec) -> SearchSpace:
     return space
 
 
-def _data_paths(data: dict) -> list[tuple[str, str | None]]:
-    """(config key, path) of every data path: data.train and data.val, or each dataset's of a mixture."""
+def _data_paths(data: dict) -> list[tuple[str, dict, str]]:
+    """Every data path of a config's ``data`` mapping as (config key, the mapping holding it, its field):
+    data.train and data.val, or each dataset's path and val of a mixture."""
     if isinstance(data.get("train"), list):
-        return [(f"data.train[{e.get('name') or e.get('channels')}].{key}", e.get(key))
-                for e in data["train"] for key in ("path", "val")]
-    return [(f"data.{key}", data.get(key)) for key in ("train", "val")]
+        return [(f"data.train[{e.get('name') or e.get('channels')}].{field}", e, field)
+                for e in data["train"] for field in ("path", "val")]
+    return [(f"data.{field}", data, field) for field in ("train", "val")]
 
 
 def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None, overrides: Sequence[str],
