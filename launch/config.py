@@ -248,6 +248,8 @@ class TrackingConfig(_Section):
     uri: str | None = D(None, "tracking URI (default sqlite:///<parent of run.dir>/mlruns.db)")
     experiment: str = D("dynconv", "MLflow experiment name")
     log_model: bool = D(True, "log the trained model as an MLflow model (registrable; dynconv eval models:/...)")
+    wait_s: float = D(120.0, "how long a run waits at its start for a tracking server that does not answer "
+                             "(restarting), in seconds; later records are buffered instead", ge=0)
 
 
 class Config(_Section):

@@ -50,7 +50,7 @@ def run_matrix(config: str | Path, overrides: list[str], out: Path, cells: list[
     base = load_config(config, overrides)
     uri = base.tracking.uri or default_tracking_uri(out / "runs" / "x")
     parent = MlflowRun(uri, base.tracking.experiment, out, kind, params={**(params or {}), "seeds": seeds},
-                       tags={"dynconv.kind": kind}, resume=True) if base.tracking.enabled else None
+                       tags={"dynconv.kind": kind}, resume=True, wait_s=base.tracking.wait_s) if base.tracking.enabled else None
     reports: dict[Cell, list[dict]] = {}
     total = len(cells) * seeds
     for i, (cell, seed) in enumerate(((c, s) for c in cells for s in range(seeds)), 1):

@@ -18,7 +18,31 @@ def store_errors(uri: str, doing: str = "open MLflow store"):
     except DynconvError:
         raise
     except Exception as e:
-        raise DynconvError(f"cannot {doing} {uri!r}: {str(e).splitlines()[0][:200] if str(e) else e}") from None
+        error = DynconvError(f"cannot {doing} {uri!r}: {str(e).splitlines()[0][:200] if str(e) else e}")
+        error.unreachable = _connection_failure(e)
+        raise error from None
+
+
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Connection aborted", "Read timed out",
+                "Failed to establish a new connection")
+
+
+def _connection_failure(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what it was raised from) says the server did not answer, rather than refused."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in ("ConnectionError", "ConnectTimeout",
+                                                                                  "ReadTimeout", "MaxRetryError"):
+            return True
+        if any(m in str(e) for m in _UNREACHABLE):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """A :class:`DynconvError` from :func:`store_errors` for a store that did not answer."""
+    return bool(getattr(e, "unreachable", False))
 
 
 def mlflow_client(uri: str):

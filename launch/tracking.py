@@ -24,10 +24,10 @@ from pathlib import Path
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 from dynconv.metric_names import logged_evaluation, logged_name
-from dynconv.run_files import CHECKPOINTS, MLFLOW_RUN, TRACKING_BUFFER, recorded_mlflow_run
+from dynconv.run_files import CHECKPOINTS, MLFLOW_RUN, MODEL, TRACKING_BUFFER, recorded_mlflow_run
 from dynconv.train import FitResult, Hook, StoppedEarly, TrainingPreempted
 
-from .mlflow_store import existing_store, mlflow_client, store_errors
+from .mlflow_store import existing_store, is_unreachable, mlflow_client, store_errors
 
 log = logging.getLogger("dynconv")
 
@@ -120,8 +120,27 @@ class MlflowRun:
     """One MLflow run. ``resume=True`` continues the run recorded in ``run_dir`` if there is one."""
 
     def __init__(self, uri: str, experiment: str, run_dir: Path, run_name: str | None = None,
-                 params: dict | None = None, tags: dict | None = None, resume: bool = False):
+                 params: dict | None = None, tags: dict | None = None, resume: bool = False,
+                 wait_s: float = 0.0):
+        """``wait_s``: how long to keep trying a tracking server that does not answer (one being restarted)
+        before giving up with one line; records are buffered only once the run exists."""
         self.uri, self.run_dir = uri, Path(run_dir)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._open(experiment, run_name, params, tags, resume)
+            except DynconvError as e:
+                if not is_unreachable(e) or time.monotonic() >= deadline:
+                    raise
+                if not getattr(self, "_warned", False):
+                    self._warned = True
+                    log.warning(f"MLflow store {uri} does not answer: retrying for up to {wait_s:.0f} s "
+                                "(tracking.wait_s)")
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def _open(self, experiment: str, run_name: str | None, params: dict | None, tags: dict | None,
+              resume: bool) -> None:
+        uri = self.uri
         with store_errors(uri):
             from mlflow.entities import Param
 
@@ -281,8 +300,10 @@ class MlflowTracking(Hook):
     (``SCHEDULED`` when pre-empted, ``FINISHED`` when a scheduler stopped it early, else ``FAILED``/``KILLED``)."""
 
     def __init__(self, uri: str, experiment: str, run_dir: Path, run_name: str | None, params: dict, tags: dict,
-                 resume: bool, inputs: list | None = None, manifest: dict | None = None, log_model: bool = False):
+                 resume: bool, inputs: list | None = None, manifest: dict | None = None, log_model: bool = False,
+                 wait_s: float = 0.0):
         self.uri, self.args, self.inputs = uri, (experiment, run_dir, run_name, params, tags, resume), inputs or []
+        self.wait_s = wait_s
         self.manifest, self.log_model = manifest, log_model and manifest is not None
         self.run: MlflowRun | None = None
         self.finished = False
@@ -293,7 +314,8 @@ class MlflowTracking(Hook):
 
     def on_fit_start(self, info: dict) -> None:
         experiment, run_dir, run_name, params, tags, resume = self.args
-        self.run = MlflowRun(self.uri, experiment, run_dir, run_name, params=params, tags=tags, resume=resume)
+        self.run = MlflowRun(self.uri, experiment, run_dir, run_name, params=params, tags=tags, resume=resume,
+                             wait_s=self.wait_s)
         log.info(f"MLflow run {self.run.run_id} ({self.uri})")
         if self.uri.startswith(("http://", "https://")):
             exp = self.run.client.get_run(self.run.run_id).info.experiment_id
@@ -328,17 +350,8 @@ class MlflowTracking(Hook):
         self.run.log_metrics({logged_name(k): v for k, v in metrics.items()}, step=epoch)
 
     def on_fit_end(self, result: FitResult) -> None:
-        self.run.log_artifact(result.final_checkpoint, CHECKPOINTS)
-        if self.log_model:
-            from .mlflow_model import MODEL_ARTIFACT, save_pyfunc
-
-            folder = Path(self.args[1]) / MODEL_ARTIFACT  # a folder in run.dir, kept for replays from the buffer
-            if folder.exists():
-                shutil.rmtree(folder)
-            self.run.log_artifact(save_pyfunc(result.final_checkpoint, self.manifest, folder), None)
-        if result.report is not None:
-            self.run.log_evaluation(result.report, result.files)
-        self.run.finish("FINISHED")
+        log_final(self.run, Path(self.args[1]), result.final_checkpoint, result.report, result.files,
+                  self.manifest if self.log_model else None)
         self.finished = True
 
     def on_exception(self, exc: BaseException) -> None:
@@ -347,6 +360,45 @@ class MlflowTracking(Hook):
         if isinstance(exc, StoppedEarly):
             self.run.set_tags(stopped_early_tags(exc.reason))
         self.run.finish(exit_status(exc))
+
+
+def log_final(run: MlflowRun, run_dir: Path, checkpoint: Path, report: dict | None, files: list[Path],
+              manifest: dict | None) -> None:
+    """The end of a training's run: the final checkpoint, the MLflow model (with ``manifest``), the final
+    evaluation and its files, status FINISHED."""
+    run.log_artifact(checkpoint, CHECKPOINTS)
+    if manifest is not None:
+        from .mlflow_model import MODEL_ARTIFACT, save_pyfunc
+
+        folder = run_dir / MODEL_ARTIFACT  # a folder in run.dir, kept for replays from the buffer
+        if folder.exists():
+            shutil.rmtree(folder)
+        run.log_artifact(save_pyfunc(checkpoint, manifest, folder), None)
+    if report is not None:
+        run.log_evaluation(report, files)
+    run.finish("FINISHED")
+
+
+def complete_finished_run(run_dir: Path, uri: str, run_id: str, report: dict, files: list[Path],
+                          manifest: dict | None) -> bool:
+    """Log the end of a run whose training and final evaluation are on disk but whose MLflow run never got
+    them (the process was killed between writing ``eval.json`` and the run's end); ``True`` if it did.
+    A run that has its final evaluation, or whose buffer holds its end, is left as it is."""
+    try:
+        run = MlflowRun.attach(uri, run_id, run_dir)
+        run.flush()
+        if any(r["op"] == "terminate" for r in run.pending()):
+            return False
+        first = next(iter(logged_evaluation(report["subsets"], report["summary"])))
+        if first in run.client.get_run(run_id).data.metrics:
+            return False
+        log.info(f"the MLflow run {run_id} lacks the final evaluation (the process ended before it was logged): "
+                 "logging it from run.dir")
+        log_final(run, run_dir, run_dir / MODEL, report, files, manifest)
+        return True
+    except Exception as e:  # noqa: BLE001 - tracking never stops a run
+        warnings.warn(f"could not complete MLflow run {run_id}: {str(e).splitlines()[0][:120]}", stacklevel=2)
+        return False
 
 
 def sync_run_dir(run_dir: str | Path) -> tuple[str, int, int]:

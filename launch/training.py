@@ -100,7 +100,8 @@ def _finished(found: tuple[Path, dict | None] | None, run_dir: Path, epochs: int
     recorded = recorded_mlflow_run(run_dir) or {}
     return {"run_dir": str(run_dir), "checkpoint": str(run_dir / MODEL),
             "report": read_json(run_dir / EVAL_JSON, "report"), "run_id": recorded.get("run_id"),
-            "tracking_uri": recorded.get("tracking_uri"), "finished_before": True}
+            "tracking_uri": recorded.get("tracking_uri"), "finished_before": True,
+            "epoch_metrics": (ckpt or {}).get("epoch_metrics") or {}}
 
 
 def _strategy_name(cfg: Config, world: int) -> str:
@@ -261,6 +262,12 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                     return {**done, "report": None, "rank": dist_info.rank}
                 log.info(f"run.dir {run_dir} has finished all {cfg.train.epochs} epochs already (model.pt and "
                          "eval.json are there): nothing to resume; raise train.epochs to train it further")
+                if cfg.tracking.enabled and done["run_id"]:
+                    from .tracking import complete_finished_run
+
+                    files = [run_dir / f for f in (EVAL_JSON, EVAL_MD, EVAL_PNG, CONFIG) if (run_dir / f).exists()]
+                    complete_finished_run(run_dir, done["tracking_uri"], done["run_id"], done["report"], files,
+                                          checkpoint_manifest(run_dir / MODEL) if cfg.tracking.log_model else None)
                 return done
             config_file = run_dir / CONFIG
             if dist_info.is_main:  # one process per run folder; released on any exit
@@ -340,7 +347,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                                          run_dir, cfg.run.name or run_dir.name, params=params,
                                          tags={"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})},
                                          resume=found is not None, inputs=inputs, manifest=manifest,
-                                         log_model=cfg.tracking.log_model)
+                                         log_model=cfg.tracking.log_model, wait_s=cfg.tracking.wait_s)
                 own.append(tracker)
         spec = FitSpec(
             epochs=cfg.train.epochs, device=device,

@@ -115,15 +115,16 @@ def check_against_cluster(res: Resources) -> None:
         if line.strip():
             name, limit = line.split()
             partitions[name.rstrip("*")] = (name.endswith("*"), limit)
-    if res.partition is not None and res.partition not in partitions:
-        raise DynconvError(f"unknown partition {res.partition!r}: this cluster has {', '.join(sorted(partitions))}")
-    name = res.partition or next((p for p, (default, _) in partitions.items() if default), None)
-    if name is None:
-        return
-    limit = _minutes(partitions[name][1])
-    if limit is not None and res.time_min > limit:
-        raise DynconvError(f"--time {res.time_min} min exceeds partition {name}'s limit of {partitions[name][1]}: "
-                           "ask for less or choose another --partition")
+    # a list (debug,multi) lets Slurm start the job, or each array element, on whichever has room first
+    names = [p.strip() for p in res.partition.split(",")] if res.partition is not None else \
+        [p for p, (default, _) in partitions.items() if default][:1]
+    for name in names:
+        if name not in partitions:
+            raise DynconvError(f"unknown partition {name!r}: this cluster has {', '.join(sorted(partitions))}")
+        limit = _minutes(partitions[name][1])
+        if limit is not None and res.time_min > limit:
+            raise DynconvError(f"--time {res.time_min} min exceeds partition {name}'s limit of {partitions[name][1]}: "
+                               "ask for less or choose another --partition")
 
 
 def make_executor(folder: Path, cluster: str, res: Resources):

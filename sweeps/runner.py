@@ -76,7 +76,7 @@ def run_sweep(out: str | Path, config: str | None = None, space: str | None = No
                                            "sweep.space": spec.space_path, "sweep.keys": ",".join(search_space.keys),
                                            "sweep.resources": json.dumps(spec.resources),
                                            "train.epochs": spec.epochs, "model.name": spec.base["model"]["name"]},
-                                   tags={"dynconv.kind": "sweep"})
+                                   tags={"dynconv.kind": "sweep"}, wait_s=tracking.get("wait_s", 0.0))
         setup = TrialSetup(base=spec.base, trials_dir=str(out / TRIALS_DIR), sweep_name=f"sweep-{out.name}",
                            tracking_uri=uri, parent_run_id=parent.run_id if parent else None,
                            threads=max(1, int(spec.resources["cpu"])))

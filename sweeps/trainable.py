@@ -131,8 +131,12 @@ class TuneReporter(Hook):
                 raise StoppedEarly(scheduler_stop_reason(epoch)) from None
 
     def on_fit_end(self, result: FitResult) -> None:
-        final = {**self.last, **final_metrics(result.report), "epoch": self.epochs, "final_eval": 1.0}
-        report(final, latest_checkpoint(self.run_dir), self.trial_id)
+        report(final_result(self.last, result.report, self.epochs), latest_checkpoint(self.run_dir), self.trial_id)
+
+
+def final_result(last: dict[str, float], evaluation: dict, epochs: int) -> dict[str, float]:
+    """A finished trial's last result: its last epoch's metrics and its final evaluation."""
+    return {**last, **final_metrics(evaluation), "epoch": epochs, "final_eval": 1.0}
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,12 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
 
     with _logging_to(run_dir / TRAIN_LOG):
         try:
-            run_training(cfg, tags=tags, hooks=[TuneReporter(cfg.train.epochs, trial_id, run_dir)])
+            result = run_training(cfg, tags=tags, hooks=[TuneReporter(cfg.train.epochs, trial_id, run_dir)])
+            if result.get("finished_before"):
+                # the trial had finished, but Tune's saved state is older than its end (a job pre-empted or
+                # killed right after): report its final result again instead of leaving its last as an epoch's
+                last = tune_metrics(cfg.train.epochs, result["epoch_metrics"])
+                report(final_result(last, result["report"], cfg.train.epochs), latest_checkpoint(run_dir), trial_id)
         except Exception as e:
             logging.getLogger("dynconv").info(f"dynconv: error: {e}")
             raise

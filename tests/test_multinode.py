@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -110,52 +111,99 @@ def test_a_two_node_job_survives_a_preemption_and_a_node_that_dies(tiny_data, tm
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
-def test_a_sweep_over_two_nodes_runs_trials_on_both(tiny_data, tmp_path, capsys):
-    """`dynconv sweep --on-slurm --nodes 2`: the Ray head on the first node, a worker on the second; one trial
-    per node (each node has one CPU), each trial's MLflow run names its host."""
+def test_a_sweep_over_two_nodes_runs_trials_on_both_and_survives_a_requeue(tiny_data, tmp_path):
+    """`dynconv sweep --on-slurm --nodes 2`: the Ray head on the first node, a worker on the second; trials on
+    both nodes (each has one CPU), each trial's MLflow run names its host. Pre-empted (USR2) once a trial has
+    finished, the job is requeued and the sweep continues from Ray Tune's saved state: the finished trial is not
+    run again, every trial ends with one MLflow run and each epoch in its history once."""
     from mlflow.tracking import MlflowClient
 
     space = tmp_path / "space.yaml"
-    space.write_text("train.lr: {grid: [0.01, 0.003]}\n")
-    out = tmp_path / "sweep"
-    assert run_cli("sweep", "--on-slurm", "--wait", "--folder", tmp_path / "jobs", "--time", "30", "--nodes", "2",
+    space.write_text("train.lr: {grid: [0.01, 0.003, 0.001]}\n")
+    out, root = tmp_path / "sweep", tmp_path / "jobs"
+    assert run_cli("sweep", "--on-slurm", "--folder", root, "--time", "30", "--nodes", "2",
                    "--partition", "multi", "--cpus-per-task", "1", "--space", space, "--search", "grid",
-                   "--scheduler", "fifo", "--out", out, *job_args(tiny_data, "train.epochs=1")) == 0
-    printed = capsys.readouterr().out
-    assert "finished, best config" in printed and "| trial |" in printed
+                   "--scheduler", "fifo", "--out", out, *job_args(tiny_data, "train.epochs=2")) == 0
+    (job,) = records(root)[0]["jobs"]
+    jid = job["job_id"]
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "trials").glob("*/eval.json")):
+        time.sleep(0.5)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*/eval.json")}
+    assert finished and len(finished) < 3, finished  # one or two trials done, one still to run
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+    wait_state(jid, {"PENDING", "REQUEUED"}, timeout=120)
+    assert wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=420) == "COMPLETED"
+
+    log = (Path(records(root)[0]["executor_folder"]) / f"{jid}_0_log.out").read_text()
+    assert f"resuming the sweep in {out}" in log, log[-3000:]
     assert (out / "best.yaml").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "finished" and len(summary["rows"]) == 2
+    assert summary["status"] == "finished" and len(summary["rows"]) == 3
+    assert all(r["finished"] and r["epochs"] == 2 for r in summary["rows"])
+    assert {t: (out / "trials" / t / "eval.json").stat().st_mtime_ns for t in finished} == finished  # not re-run
     client = MlflowClient(summary["tracking_uri"])
     children = client.search_runs([client.get_run(summary["parent_run_id"]).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
-    assert len(children) == 2 and all("subset/worst_subset_acc" in r.data.metrics for r in children)
-    assert sorted(r.data.tags["dynconv.host"] for r in children) == sorted(NODES)
-    (job,) = records(tmp_path / "jobs")[0]["jobs"]
-    assert wait_state(job["job_id"], {"COMPLETED"}) == "COMPLETED"
+    assert len(children) == 3 and all("subset/worst_subset_acc" in r.data.metrics for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "curves/train_loss")] == [1, 2]
+    assert {r.data.tags["dynconv.host"] for r in children} == set(NODES)
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
 
 
-def test_an_array_over_two_nodes_gives_three_tagged_mlflow_runs_in_one_store(tiny_data, tmp_path):
-    """Three elements, two at a time: one on each node (one CPU each), all logging to one sqlite file."""
+def _running_at_once(job_id: str) -> tuple[int, set[str]]:
+    """The most elements of array ``job_id`` that ran at the same time (from sacct's start and end times),
+    and the nodes they ran on."""
+    rows = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Start,End,NodeList", "-j", job_id],
+                          capture_output=True, text=True, check=True).stdout.split()
+    spans = [r.split("|") for r in rows]
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans], key=lambda t: (t[0], t[1]))
+    most = now = 0
+    for _, change in events:
+        now += change
+        most = max(most, now)
+    return most, {n for _, _, n in spans}
+
+
+def test_an_array_of_twenty_fills_the_cluster_and_logs_twenty_complete_runs_to_one_store(tiny_data, tmp_path):
+    """20 elements over every node (partitions debug,multi: this host's 2 CPUs and one CPU on each compute
+    host), at most 4 at once (--max-parallel 4): all COMPLETED, and 20 MLflow runs in one sqlite file shared by
+    all of them, each with its own settings and its whole metric history — no record lost to the database
+    being locked by another element."""
     root = tmp_path / "jobs"
+    kinds = ["{dropout.kind: uniform_subsets}", "{dropout.kind: constant, dropout.p: 0.3}",
+             "{dropout: {kind: weighted_subsets, weights: {RGB: 2, R: 1}}}", "{dropout.kind: none}"]
+    elements = [f"- {{train.seed: {i}, {kinds[i % 4][1:]}" for i in range(20)]
     array = tmp_path / "array.yaml"
-    array.write_text("- {dropout.kind: uniform_subsets}\n- {dropout.kind: constant, dropout.p: 0.3}\n"
-                     "- {dropout: {kind: weighted_subsets, weights: {RGB: 2, R: 1}}}\n")
-    assert run_cli("submit", "--folder", root, "--time", "30", "--array", array, "--max-parallel", "2", "--wait",
-                   "--partition", "multi", *job_args(tiny_data, "train.epochs=1")) == 0
+    array.write_text("\n".join(elements) + "\n")
+    assert run_cli("submit", "--folder", root, "--time", "30", "--array", array, "--max-parallel", "4", "--wait",
+                   "--partition", "debug,multi", *job_args(tiny_data)) == 0
     (rec,) = records(root)
-    assert len(rec["jobs"]) == 3
-    array_ids, kinds, hosts, stores = set(), [], set(), set()
+    assert len(rec["jobs"]) == 20
+    array_id = rec["jobs"][0]["job_id"].split("_")[0]
+    states = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", array_id], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert states == ["COMPLETED"] * 20, states
+    most, nodes = _running_at_once(array_id)
+    assert most == 4, most  # the cluster's 4 CPUs full, and never more than --max-parallel
+    assert nodes == {socket.gethostname().split(".")[0], *NODES}, nodes  # this host's node and both others
+    seen, stores, runs = [], set(), set()
     for job in rec["jobs"]:
         client, run_id = mlflow_of(job["run_dir"])
         run = client.get_run(run_id)
-        assert run.info.status == "FINISHED" and "subset/RGB/acc" in run.data.metrics
-        array_ids.add(run.data.tags["slurm.array_job_id"])
-        kinds.append(run.data.params["dropout.kind"])
-        hosts.add(run.data.tags["dynconv.host"])
+        assert run.info.status == "FINISHED" and {"subset/RGB/acc", "subset/R/acc"} <= set(run.data.metrics)
+        for key in ("curves/train_loss", "curves/val_acc"):
+            assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], (job["job_id"], key)
+        assert run.data.tags["slurm.array_job_id"] == array_id
+        seen.append((int(run.data.params["train.seed"]), run.data.params["dropout.kind"]))
         stores.add(client.tracking_uri)
-    assert len(array_ids) == 1 and kinds == ["uniform_subsets", "constant", "weighted_subsets"]
-    assert hosts == set(NODES) and len(stores) == 1
+        runs.add(run_id)
+    kind_of = ["uniform_subsets", "constant", "weighted_subsets", "none"]
+    assert sorted(seen) == [(i, kind_of[i % 4]) for i in range(20)]
+    assert len(stores) == 1 and len(runs) == 20
+    assert len(client.search_runs([run.info.experiment_id], max_results=100)) == 20
 
 
 def test_down_removes_every_namespace_link_address_and_hosts_line_it_made():

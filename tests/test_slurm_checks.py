@@ -58,6 +58,11 @@ def test_partition_and_its_limit_are_checked(fake_sinfo):
         check_against_cluster(Resources(time_min=180, partition="gpu"))
     with pytest.raises(DynconvError, match="exceeds partition debug's limit"):  # the default partition
         check_against_cluster(Resources(time_min=2000))
+    check_against_cluster(Resources(time_min=60, partition="gpu,long"))  # Slurm's list: the first with room
+    with pytest.raises(DynconvError, match="unknown partition 'nosuch': this cluster has"):
+        check_against_cluster(Resources(time_min=60, partition="gpu,nosuch"))
+    with pytest.raises(DynconvError, match="exceeds partition gpu's limit"):
+        check_against_cluster(Resources(time_min=180, partition="long,gpu"))
 
 
 def test_one_task_per_gpu_and_the_scheduler_keywords():

@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -407,3 +409,72 @@ def test_asha_best_is_the_trial_whose_final_evaluation_is_best(textures_small, r
             final[row["trial"]] = json.loads(written.read_text())["summary"]["mean_subset_acc"]
             assert row["metric"] == pytest.approx(final[row["trial"]], abs=1e-12), row
     assert result["best"]["trial"] == max(final, key=final.get), (final, result["best"])
+
+_SERVERS: dict = {}  # the tracking server of a running test, by key (Tune pickles callbacks: they hold only the key)
+
+
+class KillTrackingServerOnce(Callback):
+    """At the first result of any trial: kill the sweep's tracking server (SIGKILL) and start it again, on the
+    same port and database, in the background."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        state = _SERVERS[self.key]
+        if "down" in state:
+            return
+        state["server"].stop()
+        state["down"] = time.time() * 1000
+
+        def restart():
+            time.sleep(2)
+            state["server"].start()
+            state["back"] = time.time() * 1000
+
+        state["thread"] = threading.Thread(target=restart, daemon=True)
+        state["thread"].start()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_killed_mid_sweep_loses_nothing(tiny_data, ray_cluster, sweep_root):
+    """The sweep's `mlflow server` dies at the first trial result and comes back a little later: every trial
+    finishes, records logged meanwhile reach the server afterwards (each trial's buffer replays; a trial that
+    starts while the server is down waits for it, tracking.wait_s), one MLflow run per trial, every epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    from dynconv.sweeps.runner import run_sweep
+    from mlflow_server_helpers import Server
+
+    server = Server(sweep_root / "server")
+    server.start()
+    _SERVERS["kill"] = state = {"server": server}
+    try:
+        out = sweep_root / "server-sweep"
+        space = _space(sweep_root / "server.yaml", "train.lr: {grid: [0.003, 0.002, 0.001]}\n")
+        summary = run_sweep(out, CONFIG, space, _overrides(tiny_data, 3) + [
+            "dropout.kind=none", f"tracking.uri={server.url}", "tracking.experiment=server-sweep"],
+            SweepOptions(scheduler="fifo", search="grid", max_concurrent=2), verbose=0,
+            callbacks=[KillTrackingServerOnce("kill")])
+        state["thread"].join(timeout=120)
+        assert "back" in state, "the tracking server did not come back"
+        assert summary["status"] == "finished" and len(summary["rows"]) == 3
+        assert all(r["finished"] and r["epochs"] == 3 for r in summary["rows"]), summary["rows"]
+
+        client = MlflowClient(server.url)
+        parent = client.get_run(summary["parent_run_id"])
+        assert parent.info.status == "FINISHED"
+        children = client.search_runs([parent.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+        assert len(children) == 3  # one run per trial: none created twice by a retry
+        logged_while_down = 0
+        for child in children:
+            assert child.info.status == "FINISHED" and {"subset/RGB/acc", "subset/R/acc"} <= set(child.data.metrics)
+            history = client.get_metric_history(child.info.run_id, "curves/train_loss")
+            assert sorted(m.step for m in history) == [1, 2, 3], child.info.run_name
+            logged_while_down += sum(state["down"] <= m.timestamp <= state["back"] for m in history)
+        assert logged_while_down > 0  # points logged while the server was dead arrived afterwards
+        assert not list((out / "trials").glob("*/tracking_buffer.jsonl"))
+    finally:
+        _SERVERS.pop("kill", None)
+        server.stop()

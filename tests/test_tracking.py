@@ -2,6 +2,8 @@
 the status a run ends with, and reading every run back page by page."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dynconv.launch.compare import search_all_runs
@@ -87,3 +89,98 @@ def test_a_run_whose_experiment_another_process_creates_meanwhile_joins_it(store
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", racing)
     run = MlflowRun(store, "shared", tmp_path / "run")
     assert run.client.get_run(run.run_id).info.experiment_id == lookup(other, "shared").experiment_id
+
+
+def test_a_run_ended_between_its_evaluation_and_its_mlflow_end_is_completed_on_resume(store, tiny_data, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """The process ends (pre-empted, killed) after ``eval.json`` is written but before the MLflow run has the
+    final evaluation: a resume finds nothing to train, and logs the rest of the run from run.dir instead of
+    leaving the run without its per-subset results."""
+    from mlflow.tracking import MlflowClient
+
+    from dynconv.launch import tracking
+    from helpers import run_cli, train_args
+
+    run_dir = tmp_path / "run"
+    argv = train_args(tiny_data, run_dir, "train.epochs=2", f"tracking.uri={store}", "eval.subsets=RGB,R",
+                      "data.num_workers=0", "train.resume=auto")
+    real = tracking.log_final
+
+    def killed(*args, **kwargs):
+        raise SystemExit(143)  # as a process ended by a signal right after writing eval.json
+
+    monkeypatch.setattr(tracking, "log_final", killed)
+    with pytest.raises(SystemExit):
+        run_cli(*argv)
+    assert (run_dir / "eval.json").exists() and (run_dir / "model.pt").exists()
+    info = json.loads((run_dir / "mlflow_run.json").read_text())
+    client = MlflowClient(store)
+    assert "subset/RGB/acc" not in client.get_run(info["run_id"]).data.metrics
+
+    monkeypatch.setattr(tracking, "log_final", real)
+    assert run_cli(*argv) == 0
+    assert "lacks the final evaluation" in "".join(capsys.readouterr())
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED" and {"subset/RGB/acc", "subset/R/acc"} <= set(run.data.metrics)
+    assert {"eval.json", "eval.md", "config.yaml"} <= {a.path for a in client.list_artifacts(info["run_id"])}
+    assert [m.step for m in client.get_metric_history(info["run_id"], "curves/train_loss")] == [1, 2]
+    assert run_cli(*argv) == 0  # a complete run is left as it is
+    assert "lacks the final evaluation" not in "".join(capsys.readouterr())
+    assert len(client.get_metric_history(info["run_id"], "subset/RGB/acc")) == 1
+
+
+def test_a_run_waits_for_a_tracking_server_that_does_not_answer_yet(tmp_path, monkeypatch, caplog):
+    """A run that starts while its tracking server restarts retries for ``tracking.wait_s`` (a sweep's next
+    trial, a job of an array) instead of failing; a store that refuses for another reason fails at once."""
+    import logging
+    import time
+
+    from dynconv.errors import DynconvError
+    from dynconv.launch import tracking
+
+    calls = []
+    real_open = tracking.MlflowRun._open
+
+    def restarting(self, *args):
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            error = DynconvError("cannot open MLflow store 'http://127.0.0.1:9': Max retries exceeded")
+            error.unreachable = True
+            raise error
+        return real_open(self, *args)
+
+    monkeypatch.setattr(tracking.MlflowRun, "_open", restarting)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    with caplog.at_level(logging.WARNING, "dynconv"):
+        run = tracking.MlflowRun(f"sqlite:///{tmp_path / 'm.db'}", "exp", tmp_path / "run", wait_s=60)
+    assert len(calls) == 3 and run.run_id
+    assert sum("does not answer: retrying for up to 60 s" in r.message for r in caplog.records) == 1
+
+    calls.clear()
+    with pytest.raises(DynconvError, match="Max retries"):  # wait_s=0: at once
+        tracking.MlflowRun(f"sqlite:///{tmp_path / 'm.db'}", "exp", tmp_path / "run2")
+    assert len(calls) == 1
+
+    def refused(self, *args):
+        calls.append(1)
+        raise DynconvError("cannot open MLflow store 'http://h': 403 Forbidden")
+
+    calls.clear()
+    monkeypatch.setattr(tracking.MlflowRun, "_open", refused)
+    with pytest.raises(DynconvError, match="403"):
+        tracking.MlflowRun("http://h", "exp", tmp_path / "run3", wait_s=60)
+    assert calls == [1]
+
+
+def test_a_dead_server_is_told_apart_from_a_refusal():
+    from dynconv.launch.mlflow_store import is_unreachable, store_errors
+
+    from dynconv.errors import DynconvError
+
+    for cause, unreachable in ((ConnectionRefusedError(111, "Connection refused"), True),
+                               (RuntimeError("API request to http://x failed: Max retries exceeded with url"), True),
+                               (RuntimeError("RESOURCE_DOES_NOT_EXIST: experiment 7"), False)):
+        with pytest.raises(DynconvError) as e:
+            with store_errors("http://x"):
+                raise cause
+        assert is_unreachable(e.value) is unreachable

@@ -31,7 +31,7 @@ def add_resource_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-task", type=int, default=1)
     g.add_argument("--mem", default=None, help="memory per node, e.g. 16G")
     g.add_argument("--time", type=int, default=60, help="walltime in minutes")
-    g.add_argument("--partition", default=None)
+    g.add_argument("--partition", default=None, help="partition, or a comma-separated list (the first with room)")
     g.add_argument("--account", default=None)
     g.add_argument("--qos", default=None)
     g.add_argument("--constraint", default=None)
