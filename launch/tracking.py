@@ -125,15 +125,15 @@ class MlflowRun:
         """``wait_s``: how long to keep trying a tracking server that does not answer (one being restarted)
         before giving up with one line; records are buffered only once the run exists."""
         self.uri, self.run_dir = uri, Path(run_dir)
-        deadline = time.monotonic() + wait_s
+        deadline, warned = time.monotonic() + wait_s, False
         while True:
             try:
                 return self._open(experiment, run_name, params, tags, resume)
             except DynconvError as e:
                 if not is_unreachable(e) or time.monotonic() >= deadline:
                     raise
-                if not getattr(self, "_warned", False):
-                    self._warned = True
+                if not warned:  # a local flag: self._warned is the buffering warning's, once per run
+                    warned = True
                     log.warning(f"MLflow store {uri} does not answer: retrying for up to {wait_s:.0f} s "
                                 "(tracking.wait_s)")
                 time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))

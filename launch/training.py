@@ -265,6 +265,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 if cfg.tracking.enabled and done["run_id"]:
                     from .tracking import complete_finished_run
 
+                    stack.enter_context(RunLock(run_dir))  # it may write the buffer and the model folder
                     files = [run_dir / f for f in (EVAL_JSON, EVAL_MD, EVAL_PNG, CONFIG) if (run_dir / f).exists()]
                     complete_finished_run(run_dir, done["tracking_uri"], done["run_id"], done["report"], files,
                                           checkpoint_manifest(run_dir / MODEL) if cfg.tracking.log_model else None)

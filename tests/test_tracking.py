@@ -155,6 +155,13 @@ def test_a_run_waits_for_a_tracking_server_that_does_not_answer_yet(tmp_path, mo
         run = tracking.MlflowRun(f"sqlite:///{tmp_path / 'm.db'}", "exp", tmp_path / "run", wait_s=60)
     assert len(calls) == 3 and run.run_id
     assert sum("does not answer: retrying for up to 60 s" in r.message for r in caplog.records) == 1
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    run.client = MlflowClient("http://127.0.0.1:9")  # the store goes away later: still one buffering warning
+    with pytest.warns(UserWarning, match="unreachable"):
+        run.log_metrics({"loss": 1.0}, step=1)
 
     calls.clear()
     with pytest.raises(DynconvError, match="Max retries"):  # wait_s=0: at once
