@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--recipe-only", action="store_true", help="only part 2 (dynconv vs bare FFCV)")
     a = ap.parse_args()
     aug = AugmentParams(hflip=0.5, vflip=0.5, rotation=15, perspective=0.2, perspective_p=0.5)
     cpu = torch.device("cpu")
@@ -98,10 +99,9 @@ def main() -> None:
             return sum(x.shape[0] for x, _ in tv_loader)
 
         flip = AugmentParams(hflip=0.5, vflip=0, rotation=0, perspective=0, perspective_p=0)
-        pipelines = {BASELINE: tv_epoch,
-                     "dynconv FFCV, where=loader": ffcv_pipeline("loader"),
-                     "dynconv FFCV, where=device": ffcv_pipeline("device"),
-                     "dynconv FFCV, no augmentation": ffcv_pipeline(None)}
+        pipelines = {} if a.recipe_only else {
+            BASELINE: tv_epoch, "dynconv FFCV, where=loader": ffcv_pipeline("loader"),
+            "dynconv FFCV, where=device": ffcv_pipeline("device"), "dynconv FFCV, no augmentation": ffcv_pipeline(None)}
         recipe = {}
         for decoder in ("center_crop", "random_resized_crop"):
             recipe[f"bare FFCV, {decoder}"] = bare_ffcv(beton, a, decoder)
@@ -123,17 +123,18 @@ def main() -> None:
     print(f"{a.images} images of {a.size}x{a.size}, batch {a.batch}, {a.workers} workers, {a.epochs} timed epochs "
           f"per pipeline (round-robin) after one warm-up epoch, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(f"| {'pipeline':30s} | {'first epoch (s)':>15s} | {'images/s (median)':>17s} | {'min-max':>11s} | "
-          f"{'ratio':>5s} | {'CPU s/1000 img':>14s} | {'CPU ratio':>9s} |")
-    print(f"|{'-' * 32}|{'-' * 16}:|{'-' * 18}:|{'-' * 12}:|{'-' * 6}:|{'-' * 15}:|{'-' * 10}:|")
-    base = statistics.median(rates[BASELINE])
     per_k = {name: 1000 * c / n for name, (c, n) in cpu.items()}
-    for name, r in rates.items():
-        med = statistics.median(r)
-        print(f"| {name:30s} | {first[name]:15.2f} | {med:17.0f} | {min(r):5.0f}-{max(r):<5.0f} | "
-              f"{med / base:5.2f} | {per_k[name]:14.3f} | {per_k[BASELINE] / per_k[name]:9.2f} |")
-    print("ratio: images/s ÷ torchvision's; CPU ratio: torchvision's CPU time per image ÷ the pipeline's. "
-          "Goal: dynconv FFCV with the study's augmentations ≥ 3.5× torchvision (2 workers)")
+    if not a.recipe_only:
+        print(f"| {'pipeline':30s} | {'first epoch (s)':>15s} | {'images/s (median)':>17s} | {'min-max':>11s} | "
+              f"{'ratio':>5s} | {'CPU s/1000 img':>14s} | {'CPU ratio':>9s} |")
+        print(f"|{'-' * 32}|{'-' * 16}:|{'-' * 18}:|{'-' * 12}:|{'-' * 6}:|{'-' * 15}:|{'-' * 10}:|")
+        base = statistics.median(rates[BASELINE])
+        for name, r in rates.items():
+            med = statistics.median(r)
+            print(f"| {name:30s} | {first[name]:15.2f} | {med:17.0f} | {min(r):5.0f}-{max(r):<5.0f} | "
+                  f"{med / base:5.2f} | {per_k[name]:14.3f} | {per_k[BASELINE] / per_k[name]:9.2f} |")
+        print("ratio: images/s ÷ torchvision's; CPU ratio: torchvision's CPU time per image ÷ the pipeline's. "
+              "Goal: dynconv FFCV with the study's augmentations ≥ 3.5× torchvision (2 workers)")
     print()
     print("FFCV's ImageNet training operations (decoder, horizontal flip, normalisation), dynconv ÷ bare FFCV:")
     print(f"| {'decoder':20s} | {'bare FFCV images/s':>18s} | {'dynconv images/s':>16s} | {'ratio':>5s} | "

@@ -194,14 +194,19 @@ def test_folder_and_beton_give_the_same_pixels(tmp_path):
     assert 0 < diffs["jpg"] < 8, diffs  # JPEG at quality 90 on noisy textures: ~4 of 255 levels on average
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_normalising_in_the_ffcv_pipeline_gives_the_batch_transforms_batches(tiny_data, train):
+LOADER_AUGMENTS = {"warps": AugmentParams(hflip=0.5, vflip=0.5, rotation=15, perspective=0.2, perspective_p=0.5),
+                   "flips": AugmentParams(hflip=0.5, vflip=0.5, rotation=0, perspective=0),  # the compiled pass
+                   None: None}
+
+
+@pytest.mark.parametrize("augment", LOADER_AUGMENTS)
+def test_normalising_in_the_ffcv_pipeline_gives_the_batch_transforms_batches(tiny_data, augment):
     """CPU training normalises inside FFCV's pipeline (build_source(normalize=...)): the same float batches,
     in the same order, with loader-side augmentation, as normalising the uint8 batches afterwards."""
     from dynconv.data import BatchTransform
 
     mean, std = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
-    aug = AugmentParams(hflip=0.5, vflip=0.5, rotation=15, perspective=0.2, perspective_p=0.5) if train else None
+    aug, train = LOADER_AUGMENTS[augment], augment is not None
     kw = dict(image_size=32, batch_size=16, num_workers=2, train=train, seed=3, augment=aug)
     path = tiny_data / ("train.beton" if train else "val.beton")
     plain, fused = build_source(path, **kw), build_source(path, **kw, normalize=(mean, std))

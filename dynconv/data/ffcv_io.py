@@ -45,6 +45,7 @@ from ffcv.pipeline.operation import Operation  # noqa: E402
 from ..choices import BETON_STORES, check_choice  # noqa: E402
 from ..errors import DynconvError  # noqa: E402
 from .augment import SampleAugment, normalization_table, pixel_maps  # noqa: E402
+from .flip_normalize import flip_images  # noqa: E402
 from .folder import FolderIndex, is_array_file, load_rgb, load_sample, square_resize  # noqa: E402
 from .stats import BETON_SAMPLES, channel_stats  # noqa: E402
 
@@ -221,19 +222,18 @@ def read_beton_meta(path: Path) -> dict:
 _WARP_FLAGS = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # bilinear; the map goes output -> input
 
 
-_FLIP_CODES = {(False, False): None, (True, False): 1, (False, True): 0, (True, True): -1}  # cv2.flip's
-
-
 class LoaderAugment(Operation):
     """:class:`SampleAugment` inside FFCV's image pipeline, on uint8 images on the CPU (HWC, or CHW for
     N-channel arrays). Draws depend on (seed, epoch, sample index): FFCV hands the operation the batch's
-    sample indices. Flips are exact index reversals; rotation + perspective (flips folded in) are one
-    ``cv2.warpPerspective`` per image: bilinear, zeros outside, as ``grid_sample`` on the device side.
-    OpenCV releases the GIL, so ``threads`` threads augment a batch in parallel.
+    sample indices. Flips are exact index reversals — for H×W×C images without rotation or perspective, one
+    compiled pass over the batch (:func:`~dynconv.data.flip_normalize.flip_images`, parallel as FFCV's own
+    operations); rotation + perspective (flips folded in) are one ``cv2.warpPerspective`` per image:
+    bilinear, zeros outside, as ``grid_sample`` on the device side. OpenCV releases the GIL, so ``threads``
+    threads warp a batch in parallel.
 
     With ``lut`` (:func:`~dynconv.data.augment.normalization_table`, RGB images) the operation also
-    normalises: each augmented uint8 image goes through ``cv2.LUT`` into the float32 output, bit-identical
-    to normalising afterwards. It has to be this operation: FFCV's pipeline compiler cannot place its
+    normalises: each augmented uint8 value goes through the table (in the compiled pass, or ``cv2.LUT``
+    after a warp) into the float32 output, bit-identical to normalising afterwards. It has to be this operation: FFCV's pipeline compiler cannot place its
     compiled ``NormalizeImage`` after a Python operation (its grouping of compiled -> Python -> compiled
     operations never ends)."""
 
@@ -263,11 +263,13 @@ class LoaderAugment(Operation):
         if not self.enabled and self.lut is None:
             return images
         n = len(images)
-        maps, flips = None, [(False, False)] * n
+        maps, hflip, vflip = None, np.zeros(n, np.bool_), np.zeros(n, np.bool_)
         if self.enabled:
             draw = self.augment.draw(self.epoch, indices)
-            maps = draw.full_maps()
-            flips = list(zip(draw.hflip.tolist(), draw.vflip.tolist()))
+            maps, hflip, vflip = draw.full_maps(), draw.hflip.numpy(), draw.vflip.numpy()
+        if maps is None and not self.channels_first:  # flips only: one compiled pass, as FFCV's own operations
+            return flip_images(images, hflip, vflip, dst, None if self.lut is None else self.lut[0])
+        flips = list(zip(hflip.tolist(), vflip.tolist()))
         h, w = images.shape[2:4] if self.channels_first else images.shape[1:3]
         pix = None if maps is None else pixel_maps(maps, h, w).numpy()
 
@@ -287,18 +289,10 @@ class LoaderAugment(Operation):
                         for plane, out in zip(images[k], dst[k]):
                             warp(plane, k, out)
                     continue
-                out = dst[k] if self.lut is None else scratch  # the augmented uint8 image goes here
-                code = _FLIP_CODES[flips[k]]
-                if pix is not None:
-                    src = warp(images[k], k, out)
-                elif code is not None:
-                    src = cv2.flip(images[k], code, dst=out)
-                else:
-                    src = images[k]
+                out = dst[k] if self.lut is None else scratch  # the warped uint8 image goes here
+                warp(images[k], k, out)
                 if self.lut is not None:
-                    cv2.LUT(src, self.lut, dst=dst[k])
-                elif pix is None and code is None:
-                    dst[k] = src
+                    cv2.LUT(out, self.lut, dst=dst[k])
 
         if self.threads == 1 or n < 2:
             augment_range(0, n)
