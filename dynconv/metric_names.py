@@ -3,8 +3,8 @@ the per-subset rows of an evaluation become flat metrics."""
 from __future__ import annotations
 
 # per epoch (the trainer)
-TRAIN_LOSS, TRAIN_ACC, VAL_ACC, LR, TRAIN_RES, EPOCH_TIME = (
-    "train_loss", "train_acc", "val_acc", "lr", "train_res", "epoch_time_s")
+TRAIN_LOSS, TRAIN_ACC, VAL_ACC, LR, TRAIN_RES, EPOCH_TIME, DATA_WAIT = (
+    "train_loss", "train_acc", "val_acc", "lr", "train_res", "epoch_time_s", "data_wait_s")
 # summaries over the evaluated subsets
 MEAN_SUBSET_ACC, WORST_SUBSET_ACC, RGB_GAP = "mean_subset_acc", "worst_subset_acc", "rgb_gap"
 # an evaluation row's keys -> metric prefixes
@@ -28,7 +28,8 @@ def flat_metrics(subsets: dict[str, dict[str, float]], summary: dict[str, float]
 
 # ---- the names MLflow shows: grouped by prefix, the learning curves first -------------------------------
 CURVES, TIMING, SUBSET = "curves/", "time/", "subset/"
-_TIMING = {EPOCH_TIME: "epoch_s", "calibration_time_s": "calibration_s", "calibration_images": "calibration_images"}
+_TIMING = {EPOCH_TIME: "epoch_s", DATA_WAIT: "data_wait_s", "calibration_time_s": "calibration_s",
+           "calibration_images": "calibration_images"}
 
 
 def logged_name(key: str) -> str:

@@ -85,6 +85,8 @@ def test_stop_request_checkpoints_at_a_step_and_resume_continues_the_same_mlflow
     assert result["run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
     for key in ("train_loss", "val_acc_RGB", "val_acc_G", "val_worst_subset_acc"):
         assert [m.step for m in client.get_metric_history(run_id, f"curves/{key}")] == [1, 2], key
+    waits, epochs = (client.get_metric_history(run_id, f"time/{k}") for k in ("data_wait_s", "epoch_s"))
+    assert [m.step for m in waits] == [1, 2] and all(0 < w.value < e.value for w, e in zip(waits, epochs))
     worst = client.get_metric_history(run_id, "curves/val_worst_subset_acc")[-1].value
     accs = [client.get_metric_history(run_id, f"curves/val_acc_{s}")[-1].value for s in ("RGB", "G")]
     assert worst == min(accs)

@@ -52,6 +52,23 @@ def test_non_finite_micro_batch_drops_the_whole_step(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # micro-batch 0 discarded too
 
 
+def test_an_epoch_reports_how_long_it_waited_for_its_loader(tmp_path):
+    """data_wait_s: the loop's time blocked on the loader (here 0.2 s per batch), not its compute."""
+    import time
+
+    class Slow(list):
+        def __iter__(self):
+            for batch in list.__iter__(self):
+                time.sleep(0.2)
+                yield batch
+
+    torch.manual_seed(0)
+    strategy, _ = _setup(Tiny())
+    fast = train_one_epoch(strategy, DataSource(make_batches(3), None, 24, "memory"), fit_spec(tmp_path, 1), 1)
+    slow = train_one_epoch(strategy, DataSource(Slow(make_batches(3)), None, 24, "memory"), fit_spec(tmp_path, 1), 1)
+    assert 0.6 <= slow["data_wait_s"] < 0.6 + 1.0 and fast["data_wait_s"] < 0.15, (fast, slow)
+
+
 def test_resolution_schedule():
     assert [resolution_at(e, 16, 32, 2) for e in (1, 2, 3, 4)] == [16, 24, 32, 32]
     assert [resolution_at(e, 160, 224, 2) for e in (1, 2, 3)] == [160, 192, 224]  # multiples of 32 (FFCV)

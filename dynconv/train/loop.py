@@ -20,7 +20,7 @@ from ..data.mixture import MixturePart
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
 from ..evaluate import predict_subsets, subset_accuracies
-from ..metric_names import MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
+from ..metric_names import DATA_WAIT, EPOCH_TIME, MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .distributed import all_reduce_sum, any_rank, barrier, unwrap
 from .ema import WeightEMA
@@ -74,6 +74,23 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
                     reduction="batchmean") * t * t
 
 
+class _Waits:
+    """An iterator's items, adding up in ``seconds`` the time the caller spent waiting for them."""
+
+    def __init__(self, items):
+        self.items, self.seconds = iter(items), 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
 def _groups(batches: Iterator, k: int) -> Iterator[tuple]:
     """Consecutive groups of ``k`` micro-batches (one optimiser step each); a shorter rest is dropped."""
     return zip(*[batches] * k)
@@ -109,7 +126,7 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
     # one micro-batch per step is done with before the next is drawn: no copy of FFCV's buffers needed
     bar = tqdm(source.epoch(epoch, copy=k > 1), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
                disable=None if strategy.is_main else True, unit="batch")
-    batches = iter(bar)
+    batches = _Waits(bar)  # the loop's time blocked on the loader: data_wait_s
     stoppers = [h for h in spec.hooks if overrides(h, "should_stop")]  # the same hooks on every process
     t_start = time.perf_counter()
     for step, group in enumerate(_groups(batches, k)):
@@ -183,7 +200,8 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
     if seen_total == 0:
         raise DynconvError(f"epoch {epoch} trained on no batch (dataset smaller than train.batch_size, or every "
                            "step skipped): lower train.batch_size or set data.drop_last=false")
-    metrics = {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
+    metrics = {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
+               DATA_WAIT: batches.seconds}
     if res is not None:
         metrics["train_res"] = res
     return metrics
@@ -309,7 +327,7 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
                     other = live if module is spec.ema.module else spec.ema.module
                     key = "val_acc_live" if other is live else "val_acc_ema"
                     metrics[key] = accuracy(other, val, spec.eval_transform, spec.device)
-            metrics["epoch_time_s"] = time.perf_counter() - t0
+            metrics[EPOCH_TIME] = time.perf_counter() - t0
             log.info(f"epoch {epoch}/{spec.epochs}  " + "  ".join(epoch_field(k, v) for k, v in metrics.items()))
         path = save(epoch, epoch, metrics=metrics if strategy.is_main else None)
         for h in main_hooks:
