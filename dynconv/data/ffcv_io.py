@@ -233,9 +233,9 @@ class LoaderAugment(Operation):
 
     With ``lut`` (:func:`~dynconv.data.augment.normalization_table`, RGB images) the operation also
     normalises: each augmented uint8 value goes through the table (in the compiled pass, or ``cv2.LUT``
-    after a warp) into the float32 output, bit-identical to normalising afterwards. It has to be this operation: FFCV's pipeline compiler cannot place its
-    compiled ``NormalizeImage`` after a Python operation (its grouping of compiled -> Python -> compiled
-    operations never ends)."""
+    after a warp) into the float32 output, bit-identical to normalising afterwards. It has to be this
+    operation: FFCV's pipeline compiler cannot place its compiled ``NormalizeImage`` after a Python
+    operation (its grouping of compiled -> Python -> compiled operations never ends)."""
 
     def __init__(self, augment: SampleAugment, threads: int, channels_first: bool, lut: np.ndarray | None = None):
         super().__init__()

@@ -4,6 +4,8 @@ dynconv's per-sample draws (``SampleAugment``) passed in. Parallel over the imag
 compiled operations (same threading layer, called from FFCV's loader thread)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numba
 import numpy as np
 
@@ -21,11 +23,16 @@ def _flip_lookup(images, hflip, vflip, table, dst):
     return dst
 
 
+@lru_cache(maxsize=None)
+def _identity(channels: int) -> np.ndarray:
+    """256 × C uint8 table that maps every value to itself (flips without normalisation)."""
+    return np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, 1)
+
+
 def flip_images(images: np.ndarray, hflip: np.ndarray, vflip: np.ndarray, dst: np.ndarray,
                 lut: np.ndarray | None = None) -> np.ndarray:
     """``dst[k]`` = image ``k`` (N×H×W×C uint8) flipped where ``hflip[k]`` / ``vflip[k]``, through ``lut``
     (256×C float32, value -> normalised value per channel) when given. ``dst`` must not alias ``images``."""
-    c = images.shape[-1]
-    table = np.repeat(np.arange(256, dtype=np.uint8)[:, None], c, 1) if lut is None else lut
+    table = _identity(images.shape[-1]) if lut is None else lut
     return _flip_lookup(images, np.ascontiguousarray(hflip, dtype=np.bool_),
                         np.ascontiguousarray(vflip, dtype=np.bool_), np.ascontiguousarray(table), dst)
