@@ -2,7 +2,7 @@
 Goal: ≤ 0.4 of the grid's trial-epochs for a best result within 1 point.
 
 Both sweeps run the same grid of configs (learning rate × channel-dropout schedule) on the same small
-synthetic problem through `dynconv.sweeps.runner.run_sweep`: FIFO trains every config for every epoch, ASHA stops
+synthetic problem through `dynconv.launch.sweep.run_sweep`: FIFO trains every config for every epoch, ASHA stops
 trials at its rungs. Trials are seeded, so a config that ASHA trains to the end scores exactly what it
 scores in the grid; what the bench measures is how much training ASHA skips and whether it kept the best
 config (or one within 1 point) alive. Compute is counted in trial-epochs (epochs trained, summed over
@@ -39,7 +39,7 @@ def main() -> None:
     for name in ("alembic", "mlflow.store.db.utils"):  # MLflow's notes on creating its database
         logging.getLogger(name).setLevel(logging.WARNING)
     from dynconv.data.synth import write_dataset
-    from dynconv.sweeps.runner import run_sweep
+    from dynconv.launch.sweep import run_sweep
     from dynconv.sweeps.spec import SweepOptions
     from dynconv.sweeps.tuner import init_ray
 

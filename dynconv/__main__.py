@@ -1,6 +1,7 @@
-"""``python -m dynconv`` runs the command line (also what torchrun and the DeepSpeed launcher start)."""
+"""``python -m dynconv``: the library has no command line of its own (it must not import the application
+above it); the command line is ``dynconv`` or ``python -m dynconv.launch``."""
 import sys
 
-from dynconv.launch.cli import main
-
-sys.exit(main())
+sys.stderr.write("dynconv: error: the command line is 'dynconv' or 'python -m dynconv.launch' (the library "
+                 "package dynconv runs nothing by itself)\n")
+sys.exit(2)

@@ -431,3 +431,22 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+
+
+class ConfigSchema:
+    """The schema as the layers below the application see it (``dynconv.sweeps``): plain mappings in and out,
+    one-line :class:`DynconvError` for a bad key or value. Stateless, so it pickles to any process."""
+
+    def keys(self) -> list[str]:
+        """Every dotted config key, e.g. ``train.lr``."""
+        return known_keys()
+
+    def unknown_key_message(self, key: str) -> str:
+        return unknown_key_message(key)
+
+    def validate(self, data: dict) -> dict:
+        """The complete config (every key, defaults filled in) of the nested mapping ``data``."""
+        return validate_config(data).model_dump()
+
+
+SCHEMA = ConfigSchema()

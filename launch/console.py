@@ -1,6 +1,6 @@
-"""Where the trainer's progress messages (the ``dynconv`` logger) go for a user: the terminal, or a job's
-output file. The command line and the job callables call :func:`log_to_stdout`; the library itself
-configures no handler."""
+"""What a user sees of the application: the trainer's progress messages (the ``dynconv`` logger) on the
+terminal or in a job's output file (the command line and the job callables call :func:`log_to_stdout`; the
+library itself configures no handler), and one-line messages on stderr (:func:`say`)."""
 from __future__ import annotations
 
 import logging
@@ -20,3 +20,13 @@ def log_to_stdout() -> None:
         logger.addHandler(_Stdout())
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+INTERRUPTED = "dynconv: interrupted (checkpoints written so far are kept)"
+
+
+def say(text: str) -> None:
+    """One line on stderr in one write: the processes of a data-parallel run share it, and ``print`` writes
+    the text and its newline separately, so their lines could interleave."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()

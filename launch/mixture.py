@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from dynconv.channels import num_channels, subsets_within
-from dynconv.data import BatchTransform, DataSource
+from dynconv.data import BatchTransform
 from dynconv.data.mixture import MixturePart, MixtureSource, positions_in
 from dynconv.dropout import ChannelDropout
 from dynconv.errors import DynconvError

@@ -401,6 +401,20 @@ def complete_finished_run(run_dir: Path, uri: str, run_id: str, report: dict, fi
         return False
 
 
+def tag_recorded_run(run_dir: Path, tags: dict[str, str]) -> None:
+    """Tag the MLflow run recorded in ``run_dir``, if it has one already (a resumed run: a new run gets its tags
+    when it is created); tracking never stops a run."""
+    info = recorded_mlflow_run(run_dir)
+    if info is None:
+        return
+    try:
+        client = mlflow_client(info["tracking_uri"])
+        for key, value in tags.items():
+            client.set_tag(info["run_id"], key, value)
+    except Exception:  # noqa: BLE001 - a store that is down must not fail the run
+        pass
+
+
 def sync_run_dir(run_dir: str | Path) -> tuple[str, int, int]:
     """Replay ``run_dir``'s buffered tracking records; returns (run id, delivered, remaining)."""
     run_dir = Path(run_dir)

@@ -1,7 +1,8 @@
 """The callables a Slurm job runs. Both are ``submitit.helpers.Checkpointable``: on pre-emption or time-out
 (Slurm sends USR2 ``--signal-delay`` seconds ahead) submitit calls ``checkpoint()`` on global rank 0 and
-requeues the job with the returned submission — the same callable, which resumes from the run's own
-checkpoints (``train.resume=auto``) and keeps logging to the MLflow run recorded in ``run.dir``.
+requeues the job with the returned submission — the same callable, whose training resumes from the run's own
+checkpoints and keeps logging to the run it recorded. What they run is handed over by the caller (as
+submitit receives callables): a job never imports the application or the command line.
 
 :class:`TrainJob` stops *cooperatively*: USR2 only sets a flag; the trainer sees it before the next step,
 writes a mid-epoch checkpoint (all data-parallel ranks agree on the step), and only then hands over to
@@ -23,11 +24,7 @@ from dynconv.train import Hook, TrainingPreempted
 
 def _distributed_env() -> submitit.JobEnvironment:
     """Export torch's env:// rendezvous (MASTER_ADDR = first node, a port derived from the job id, RANK,
-    WORLD_SIZE, LOCAL_RANK) for multi-task jobs, size CPU threads to the task's CPUs, and print the
-    trainer's progress into the job's output."""
-    from dynconv.launch.console import log_to_stdout
-
-    log_to_stdout()
+    WORLD_SIZE, LOCAL_RANK) for multi-task jobs and size CPU threads to the task's CPUs."""
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:
         # overwrite: values inherited from the submitting process (sbatch exports its environment; a job
@@ -73,22 +70,20 @@ class PreemptionSignal(Hook):
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """``dynconv train --config CONFIG OVERRIDES`` inside a job; resubmitted as-is on pre-emption."""
+    """A training inside a job: ``train(tags=..., hooks=...)`` (handed over by the caller, e.g. the
+    application's training of a frozen config) must continue its run folder when called again, since the job
+    is resubmitted as-is on pre-emption; it gets the job's tags and the pre-emption hook."""
 
-    def __init__(self, config: str, overrides: list[str]):
-        self.config, self.overrides = config, list(overrides)
+    def __init__(self, train: Callable[..., dict]):
+        self.train = train
 
     def __call__(self) -> dict:
-        from dynconv.launch.config import load_config
-        from dynconv.launch.training import run_training
-
         env = _distributed_env()
         usr_sig = submitit.JobEnvironment._usr_sig()
         submitit_handler = signal.getsignal(usr_sig)
         preemption = PreemptionSignal(usr_sig)
-        cfg = load_config(self.config, [*self.overrides, "train.resume=auto"])
         try:
-            result = run_training(cfg, tags=job_tags(env), hooks=[preemption])
+            result = self.train(tags=job_tags(env), hooks=[preemption])
         except TrainingPreempted as e:
             print(f"dynconv: pre-empted at epoch {e.epoch} step {e.step}; checkpoint {e.checkpoint}", flush=True)
             if callable(submitit_handler):

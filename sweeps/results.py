@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynconv.run_files import SWEEP_TRIAL, recorded_mlflow_run
+from dynconv.run_files import SWEEP_TRIAL
 
 from .space import SearchSpace, plain
 from .spec import TUNE_DIR, SweepSpec, num_trials
@@ -89,33 +88,3 @@ def best_row(rows: list[TrialRow]) -> TrialRow | None:
     scored = [r for r in rows if r.metric is not None and not r.error]
     finished = [r for r in scored if r.finished]
     return max(finished or scored, key=lambda r: r.metric, default=None)
-
-
-def settle_trial_runs(rows: list[TrialRow], trials_dir: Path) -> None:
-    """Tag every trial's MLflow run with how far it got, and close the runs whose trial could not.
-
-    A trial closes its own run (an early stop is FINISHED). But Ray Tune ends a stopped trial's actor
-    without waiting for its training thread (``Trainable.cleanup`` joins it with timeout 0), so the thread
-    can be cut off while it closes the run: its buffered records are replayed here, and a run still RUNNING
-    gets the status its trial reached (FAILED for an error, else FINISHED; a stopped one is tagged as the
-    trainer would have). Tracking never fails the sweep."""
-    from dynconv.launch.tracking import MlflowRun, stopped_early_tags
-
-    from .trainable import scheduler_stop_reason
-
-    for row in rows:
-        run_dir = trials_dir / row.trial
-        info = recorded_mlflow_run(run_dir)
-        if info is None:
-            continue
-        stopped = not row.finished and not row.error
-        try:
-            run = MlflowRun.attach(info["tracking_uri"], info["run_id"], run_dir)
-            run.flush()
-            if run.client.get_run(run.run_id).info.status == "RUNNING":
-                if stopped:
-                    run.set_tags(stopped_early_tags(scheduler_stop_reason(row.epochs)))
-                run.finish("FAILED" if row.error else "FINISHED")
-            run.set_tags({"dynconv.sweep.stopped_early": str(stopped).lower(), "dynconv.sweep.epochs": str(row.epochs)})
-        except Exception as e:  # noqa: BLE001
-            warnings.warn(f"could not tag MLflow run {info['run_id']}: {str(e).splitlines()[0][:120]}", stacklevel=2)

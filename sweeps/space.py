@@ -9,9 +9,10 @@ dropout.kind: {choice: [constant, uniform_subsets]}  # one of the values (sample
 model.stem_mode: {grid: [prefix, slice]}  # every value (a grid axis: each sample is repeated per value)
 ```
 
-Sections may also be nested (``dropout: {p: {uniform: [0.1, 0.7]}}``). Every key must be a config key
-(``launch/config.py``) and every value a distribution can produce (range ends, choices, grid values) must
-pass the schema, so a bad file fails before Ray starts, with one line naming the key.
+Sections may also be nested (``dropout: {p: {uniform: [0.1, 0.7]}}``). Every key must be a config key and
+every value a distribution can produce (range ends, choices, grid values) must pass the schema, so a bad file
+fails before Ray starts, with one line naming the key. The schema is handed over by the caller (a
+:class:`Schema`, e.g. ``dynconv.launch.config.SCHEMA``): sweeps know configs only as nested mappings.
 """
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dynconv.errors import DynconvError
 from dynconv.fileio import read_yaml
-
-from ..launch.config import Config, known_keys, unknown_key_message, validate_config
 
 RANGES = ("uniform", "loguniform", "quniform", "randint")
 LISTS = ("choice", "grid")
@@ -35,6 +34,19 @@ RESERVED = ("run.", "tracking.", "train.resume", "train.epochs", "eval.every_epo
 # afresh when a trial resumes from a checkpoint; the architecture and data are not)
 PBT_MUTABLE = ("dropout.", "train.lr")
 EXAMPLE = "e.g. {uniform: [0.1, 0.7]}, {loguniform: [0.001, 0.1]}, {randint: [1, 4]}, {choice: [a, b]} or {grid: [a, b]}"
+
+
+class Schema(Protocol):
+    """What a sweep needs to know of the config schema (``dynconv.launch.config.ConfigSchema``)."""
+
+    def keys(self) -> list[str]:
+        """Every dotted config key."""
+
+    def unknown_key_message(self, key: str) -> str:
+        """One line naming the nearest valid key."""
+
+    def validate(self, data: dict) -> dict:
+        """The complete config of nested mapping ``data``; a bad key or value raises a one-line DynconvError."""
 
 
 @dataclass(frozen=True)
@@ -132,23 +144,28 @@ def set_key(data: dict, key: str, value: Any) -> dict:
     return data
 
 
-def apply_params(base: dict, params: dict) -> Config:
-    """``base`` (a config as a nested mapping) with each ``dotted.key: value`` of ``params`` set, validated."""
+def with_params(base: dict, params: dict) -> dict:
+    """``base`` (a config as a nested mapping) with each ``dotted.key: value`` of ``params`` set (not validated)."""
     data = base
     for key, value in params.items():
         data = set_key(data, key, plain(value))
-    return validate_config(data)
+    return data
 
 
-def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+def apply_params(base: dict, params: dict, schema: Schema) -> dict:
+    """:func:`with_params`, validated by ``schema``: the complete config."""
+    return schema.validate(with_params(base, params))
+
+
+def _flatten(raw: dict, keys: list[str], prefix: str = "") -> dict[str, Any]:
     """``{dropout: {p: D}}`` -> ``{"dropout.p": D}``; a mapping under a config section is a nested section."""
     out = {}
-    sections = {".".join(k.split(".")[:i]) for k in known_keys() for i in range(1, k.count(".") + 1)}
+    sections = {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)}
     for key, value in raw.items():
         full = f"{prefix}{key}"
         is_dist = isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
         if isinstance(value, dict) and not is_dist and full in sections:
-            out.update(_flatten(value, f"{full}."))
+            out.update(_flatten(value, keys, f"{full}."))
         else:
             out[full] = value
     return out
@@ -187,16 +204,17 @@ def _dimension(key: str, spec, where: str) -> Dimension:
     return Dimension(key, kind, tuple(nums))
 
 
-def parse_space(raw, where: str, base: dict | None = None) -> SearchSpace:
-    """Validate a loaded space mapping against the config schema (``base``: the sweep's config as a mapping)."""
+def parse_space(raw, where: str, schema: Schema, base: dict | None = None) -> SearchSpace:
+    """Validate a loaded space mapping against the config ``schema`` (``base``: the sweep's config as a
+    mapping; default: the schema's defaults)."""
     if not isinstance(raw, dict) or not raw:
         raise DynconvError(f"{where} must map config keys to distributions, e.g. 'dropout.p: {{uniform: [0.1, 0.7]}}'")
-    base = Config().model_dump() if base is None else base
-    keys = set(known_keys())
+    base = schema.validate({}) if base is None else base
+    keys = schema.keys()
     dims = []
-    for key, spec in _flatten(raw).items():
+    for key, spec in _flatten(raw, keys).items():
         if key not in keys:
-            raise DynconvError(f"{where}: {unknown_key_message(key)}")
+            raise DynconvError(f"{where}: {schema.unknown_key_message(key)}")
         if key.startswith(RESERVED):
             why = ("the sweep's budget (ASHA's max_t): set it in the config or as an override" if key == "train.epochs"
                    else "set by the sweep for every trial")
@@ -205,7 +223,7 @@ def parse_space(raw, where: str, base: dict | None = None) -> SearchSpace:
         # every value the distribution can produce must make a valid config
         for value in (dim.args[:2] if dim.kind in RANGES else dim.args):
             try:
-                apply_params(base, {key: value})
+                apply_params(base, {key: value}, schema)
             except DynconvError as e:
                 raise DynconvError(f"{where}: {e}") from None
         dims.append(dim)
@@ -217,5 +235,5 @@ def read_space_file(path: str | Path):
     return read_yaml(path, "search space", "pass a YAML file such as sweeps/spaces/dropout.yaml")
 
 
-def load_space(path: str | Path, base: dict | None = None) -> SearchSpace:
-    return parse_space(read_space_file(path), str(path), base)
+def load_space(path: str | Path, schema: Schema, base: dict | None = None) -> SearchSpace:
+    return parse_space(read_space_file(path), str(path), schema, base)

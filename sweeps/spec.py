@@ -3,17 +3,15 @@
 starts."""
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
-
 from dynconv.channels import parse_subsets, subset_name, subsets_within, validate_channels
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 
-from ..launch.config import load_config
-from .space import SearchSpace, parse_space, plain, read_space_file
+from .space import Schema, SearchSpace, parse_space, plain, read_space_file
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 SEARCHES = ("random", "grid", "optuna")
@@ -59,8 +57,8 @@ class SweepSpec:
     def epochs(self) -> int:
         return int(self.base["train"]["epochs"])
 
-    def search_space(self) -> SearchSpace:
-        return parse_space(self.space, self.space_path, self.base)
+    def search_space(self, schema: Schema) -> SearchSpace:
+        return parse_space(self.space, self.space_path, schema, self.base)
 
     def save(self, out: Path) -> Path:
         return atomic_write_text(out / SPEC_FILE, json.dumps(asdict(self), indent=1) + "\n")
@@ -116,13 +114,13 @@ def _check_metric(metric: str, base: dict) -> None:
                            "eval.subsets)")
 
 
-def _check(spec: SweepSpec) -> SearchSpace:
+def _check(spec: SweepSpec, schema: Schema) -> SearchSpace:
     """Every user error, before Ray starts or anything is written."""
     if spec.scheduler not in SCHEDULERS:
         raise DynconvError(f"--scheduler {spec.scheduler}: choose one of {', '.join(SCHEDULERS)}")
     if spec.search not in SEARCHES:
         raise DynconvError(f"--search {spec.search}: choose one of {', '.join(SEARCHES)}")
-    space = spec.search_space()
+    space = spec.search_space(schema)
     space.param_space(spec.search)  # grid needs finite values, optuna no grid axes
     if spec.search == "optuna":
         try:
@@ -165,14 +163,12 @@ def _data_paths(data: dict) -> list[tuple[str, dict, str]]:
     return [(f"data.{field}", data, field) for field in ("train", "val")]
 
 
-def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None, overrides: Sequence[str],
+def resolve_spec(out: Path, resume: bool, base: dict | None, space: str | None, schema: Schema,
                  options: SweepOptions | None = None) -> SweepSpec:
     """The sweep's settings: from the arguments, or (``resume``) from ``out/sweep.json``, where any argument
-    that is given must agree with the stored value."""
-    given_base = None
-    if config is not None or overrides:
-        cfg = load_config(config, list(overrides))
-        given_base = _absolute_paths(cfg.model_dump())
+    that is given must agree with the stored value. ``base``: the sweep's config as a complete nested mapping
+    (``None``: not given; on resume, the stored one)."""
+    given_base = _absolute_paths(copy.deepcopy(base)) if base is not None else None
     given_space = read_space_file(space) if space is not None else None
     options = asdict(options or SweepOptions())
     if options.get("resources") is not None:
@@ -189,9 +185,9 @@ def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None,
                     f.name, "--" + f.name.replace("_", "-"))
                 raise DynconvError(f"--resume: {name} differs from the interrupted sweep's in {out}: resume with the "
                                    "same settings (or none), or start a new sweep with another --out")
-        _check(spec)
+        _check(spec, schema)
         return spec
-    if config is None or space is None:
+    if base is None or space is None:
         raise DynconvError("dynconv sweep needs --config CFG and --space SPACE.yaml (or --resume with --out DIR)")
     epochs = int(given_base["train"]["epochs"])
     defaults = {**DEFAULTS, "num_samples": 1 if options["search"] == "grid" else 10,
@@ -205,7 +201,7 @@ def resolve_spec(out: Path, resume: bool, config: str | None, space: str | None,
         metric=values["metric"], resources=values["resources"], grace_period=int(values["grace_period"]),
         reduction_factor=float(values["reduction_factor"]),
         perturbation_interval=int(values["perturbation_interval"]), seed=int(values["seed"]))
-    _check(spec)
+    _check(spec, schema)
     return spec
 
 

@@ -1,10 +1,12 @@
-"""The Ray Tune trainable: one trial is one normal ``run_training`` with the trial's values set.
+"""The Ray Tune trainable: one trial is one normal training (``TrialSetup.train``, the application's
+training entry point, handed over by the caller) with the trial's values set.
 
 Each trial trains in its own ``run.dir`` (``<sweep>/trials/<trial id>``) with ``eval.every_epoch=true`` and
-``train.resume=auto``, logs its own MLflow run (a child of the sweep's run), and reports every epoch to Tune
-through a trainer :class:`Hook` — with the trainer's epoch checkpoint attached, so that PBT can copy a
-strong trial's weights into a weak one. A trial restored from a checkpoint (PBT's exploit, ``--resume``)
-puts that checkpoint into its run folder and lets the trainer resume exactly from it.
+``train.resume=auto``, with the trial's tags (its own MLflow run, a child of the sweep's, is the training's
+business), and reports every epoch to Tune through a trainer :class:`Hook` — with the trainer's epoch
+checkpoint attached, so that PBT can copy a strong trial's weights into a weak one. A trial restored from a
+checkpoint (PBT's exploit, ``--resume``) puts that checkpoint into its run folder and lets the trainer resume
+exactly from it.
 """
 from __future__ import annotations
 
@@ -15,17 +17,17 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from dynconv.fileio import atomic_write_text
 from dynconv.metric_names import MEAN_SUBSET_ACC, TRAIN_LOSS, VAL, WORST_SUBSET_ACC, flat_metrics
-from dynconv.run_files import SWEEP_TRIAL, TRAIN_LOG, recorded_mlflow_run
+from dynconv.run_files import SWEEP_TRIAL, TRAIN_LOG
 from dynconv.train import FitResult, Hook, StoppedEarly, atomic_torch_save, latest_checkpoint, load_checkpoint
 from dynconv.train.checkpoint import epoch_checkpoint
 
-from ..launch.config import Config
-from .space import apply_params, plain
+from .space import plain, with_params
 
 CKPT_FILE = "trainer.pt"               # in a Tune checkpoint folder: the trainer's epoch checkpoint
 CKPT_META = "sweep_checkpoint.json"    # ... and which trial wrote it, at which epoch
@@ -139,25 +141,30 @@ def final_result(last: dict[str, float], evaluation: dict, epochs: int) -> dict[
     return {**last, **final_metrics(evaluation), "epoch": epochs, "final_eval": 1.0}
 
 
+# train(config, tags=..., hooks=...) -> summary: the application's training of a complete config mapping
+# (``dynconv.launch.sweep.train_trial``); a summary with ``finished_before`` is a run found finished on disk
+Train = Callable[..., dict]
+
+
 @dataclass(frozen=True)
 class TrialSetup:
-    """What every trial shares (plain data: it travels to the trial processes)."""
+    """What every trial shares (plain data and a function reference: it travels to the trial processes)."""
     base: dict                   # the sweep's config (file + overrides) as a nested mapping
     trials_dir: str              # run folders: <trials_dir>/<trial id>
     sweep_name: str
-    tracking_uri: str | None     # the sweep's MLflow store (None: tracking disabled)
-    parent_run_id: str | None    # the sweep's MLflow run
+    train: Train                 # runs one trial's training
+    fixed: dict = field(default_factory=dict)  # dotted config keys set for every trial (e.g. where to track)
+    tags: dict = field(default_factory=dict)   # tags for every trial's run (e.g. its parent)
     threads: int = 1             # torch CPU threads per trial (its CPU share)
 
     def run_dir(self, trial_id: str) -> Path:
         return Path(self.trials_dir) / trial_id
 
-    def trial_config(self, params: dict, trial_id: str) -> Config:
+    def trial_config(self, params: dict, trial_id: str) -> dict:
+        """The trial's config mapping (validated by ``train``: a bad value fails the trial with one line)."""
         fixed = {"run.dir": str(self.run_dir(trial_id)), "run.name": f"{self.sweep_name}-{trial_id}",
-                 "train.resume": "auto", "eval.every_epoch": True}
-        if self.tracking_uri:
-            fixed["tracking.uri"] = self.tracking_uri
-        return apply_params(self.base, {**params, **fixed})
+                 "train.resume": "auto", "eval.every_epoch": True, **self.fixed}
+        return with_params(self.base, {**params, **fixed})
 
 
 @contextmanager
@@ -178,27 +185,10 @@ def _logging_to(path: Path):
         handler.close()
 
 
-def _tag_mlflow_run(run_dir: Path, tags: dict[str, str]) -> None:
-    """Tag the trial's MLflow run, if it has one already (a restored trial); tracking never stops a trial."""
-    from ..launch.mlflow_store import mlflow_client
-
-    info = recorded_mlflow_run(run_dir)
-    if info is None:
-        return
-    try:
-        client = mlflow_client(info["tracking_uri"])
-        for key, value in tags.items():
-            client.set_tag(info["run_id"], key, value)
-    except Exception:  # noqa: BLE001 - a store that is down must not fail the trial
-        pass
-
-
 def train_trial(config: dict, setup: TrialSetup) -> None:
     """The Tune function trainable (``tune.with_parameters(train_trial, setup=...)``)."""
     import torch
     from ray import tune
-
-    from ..launch.training import run_training
 
     trial_id = tune.get_context().get_trial_id()
     params = plain(dict(config))
@@ -211,26 +201,24 @@ def train_trial(config: dict, setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as src:
-            meta = restore_checkpoint(Path(src), run_dir, trial_id, cfg.train.lr)
+            meta = restore_checkpoint(Path(src), run_dir, trial_id, float(cfg["train"]["lr"]))
         if meta["trial_id"] != trial_id:  # PBT: continue from a stronger trial's weights with new values
             state["exploits"].append({"from": meta["trial_id"], "epoch": meta["epoch"], "params": params})
     state["params"] = params
     atomic_write_text(state_file, json.dumps(state, indent=1) + "\n")
     tags = {"dynconv.kind": "sweep-trial", "dynconv.sweep": setup.sweep_name, "dynconv.sweep.trial": trial_id,
             "dynconv.sweep.params": json.dumps(params, sort_keys=True)[:5000],
-            "dynconv.sweep.exploits": str(len(state["exploits"]))}
-    if setup.parent_run_id:
-        tags["mlflow.parentRunId"] = setup.parent_run_id
-    _tag_mlflow_run(run_dir, tags)  # a new run gets them from the trainer
+            "dynconv.sweep.exploits": str(len(state["exploits"])), **setup.tags}
+    epochs = int(cfg["train"]["epochs"])
 
     with _logging_to(run_dir / TRAIN_LOG):
         try:
-            result = run_training(cfg, tags=tags, hooks=[TuneReporter(cfg.train.epochs, trial_id, run_dir)])
+            result = setup.train(cfg, tags=tags, hooks=[TuneReporter(epochs, trial_id, run_dir)])
             if result.get("finished_before"):
                 # the trial had finished, but Tune's saved state is older than its end (a job pre-empted or
                 # killed right after): report its final result again instead of leaving its last as an epoch's
-                last = tune_metrics(cfg.train.epochs, result["epoch_metrics"])
-                report(final_result(last, result["report"], cfg.train.epochs), latest_checkpoint(run_dir), trial_id)
+                last = tune_metrics(epochs, result["epoch_metrics"])
+                report(final_result(last, result["report"], epochs), latest_checkpoint(run_dir), trial_id)
         except Exception as e:
             logging.getLogger("dynconv").info(f"dynconv: error: {e}")
             raise

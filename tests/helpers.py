@@ -29,8 +29,8 @@ def run_cli(*argv) -> int:
 
 
 def cli(*argv, cwd=None, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
-    """``python -m dynconv ARGV`` in a subprocess (what a user's shell sees: exit status, stdout, stderr)."""
-    return subprocess.run([sys.executable, "-m", "dynconv", *map(str, argv)], capture_output=True, text=True,
+    """``python -m dynconv.launch ARGV`` in a subprocess (what a user's shell sees: exit status, stdout, stderr)."""
+    return subprocess.run([sys.executable, "-m", "dynconv.launch", *map(str, argv)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=env)
 
 

@@ -26,7 +26,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "dynconv", "mlflow-server", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "dynconv.launch", "mlflow-server", "--port", str(self.port),
                "--backend", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts", str(self.root / "artifacts")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 90

@@ -40,7 +40,7 @@ def many_images(module_tmp):
 def test_convert_10k_images_with_progress_and_throughput(many_images, tmp_path):
     out = tmp_path / "many.beton"
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the session hides progress bars
-    proc = subprocess.run([sys.executable, "-m", "dynconv", "convert", str(many_images), str(out), "--workers",
+    proc = subprocess.run([sys.executable, "-m", "dynconv.launch", "convert", str(many_images), str(out), "--workers",
                            "2", "--max-side", "16"], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).parents[1], timeout=240)
     assert proc.returncode == 0, proc.stderr

@@ -38,7 +38,7 @@ def test_ddp_matches_single_process_and_only_rank0_writes(tiny_data, tmp_path):
         argv = [str(a) for a in train_args(tiny_data, tmp_path / name, *common)]
         argv = [f"data.train={tiny_data / 'train'}" if a.startswith("data.train=") else a for a in argv]
         argv = [a for a in argv if a != "data.num_workers=1"]
-        cmd = [sys.executable, "-m", "dynconv", argv[0], "--nproc", str(nproc), *argv[1:]]
+        cmd = [sys.executable, "-m", "dynconv.launch", argv[0], "--nproc", str(nproc), *argv[1:]]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[name] = proc.stdout

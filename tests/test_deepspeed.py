@@ -37,7 +37,7 @@ def _args(tiny_data, run_dir, *extra) -> list[str]:
 
 
 def _two_process_cmd(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "dynconv", argv[0], "--nproc", "2", *argv[1:]]
+    return [sys.executable, "-m", "dynconv.launch", argv[0], "--nproc", "2", *argv[1:]]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """The package's shape: everything installs under ``dynconv`` (nothing generic at top level), and imports
-point one way — core library <- application (``dynconv.launch``) <- {``dynconv.slurm``, ``dynconv.sweeps``}
-<- command line (``dynconv.launch.cli``) — with no import cycle anywhere. Imports inside functions count."""
+point one way between the folders — core library (``dynconv/``) <- {``dynconv.slurm``, ``dynconv.sweeps``}
+<- application (``dynconv.launch``) <- command line (``dynconv.launch.cli``) — with no import cycle anywhere
+and no exemption. Imports inside functions count; another folder is imported by its installed name, a module
+of the same folder relatively (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast
@@ -72,16 +74,20 @@ def _internal_edges() -> list[tuple[str, str, int]]:
     return edges
 
 
+def folder(name: str) -> str:
+    """The top-level folder a module lives in (``dynconv.launch.cli.train`` -> ``launch``)."""
+    return next((f for p, f in FOLDERS.items() if p != "dynconv" and (name == p or name.startswith(p + "."))),
+                "dynconv")
+
+
 def layer(name: str) -> str:
-    if name == "dynconv.__main__" or name == "dynconv.launch.cli" or name.startswith("dynconv.launch.cli."):
+    if name in ("dynconv.launch.cli", "dynconv.launch.__main__") or name.startswith("dynconv.launch.cli."):
         return "cli"
-    for top in ("slurm", "sweeps", "launch"):
-        if name == f"dynconv.{top}" or name.startswith(f"dynconv.{top}."):
-            return "application" if top == "launch" else top
-    return "core"
+    top = folder(name)
+    return {"dynconv": "core", "launch": "application"}.get(top, top)
 
 
-RANK = {"core": 0, "application": 1, "slurm": 2, "sweeps": 2, "cli": 3}
+RANK = {"core": 0, "slurm": 1, "sweeps": 1, "application": 2, "cli": 3}
 
 
 def test_every_folder_maps_into_the_dynconv_namespace():
@@ -94,6 +100,24 @@ def test_every_folder_maps_into_the_dynconv_namespace():
 def test_imports_point_one_way():
     wrong = [f"{a} ({layer(a)}) imports {b} ({layer(b)}) at line {line}" for a, b, line in _internal_edges()
              if RANK[layer(a)] < RANK[layer(b)] or {layer(a), layer(b)} == {"slurm", "sweeps"}]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_folders_are_imported_by_installed_name_and_modules_of_a_folder_relatively():
+    """One import style: ``from dynconv.slurm.executor import ...`` into another folder, ``from .executor import
+    ...`` within one (a relative import cannot leave its folder, an absolute one names where it goes)."""
+    wrong = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                resolved = [t for t, line in _imports(name) if line == node.lineno]
+                if any(folder(t) != folder(name) for t in resolved):
+                    wrong.append(f"{name} line {node.lineno}: a relative import into another folder ({resolved[0]})")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                targets = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                if any(t in MODULES or any(m.startswith(t + ".") for m in MODULES) for t in targets) and \
+                        any(t.startswith("dynconv") and folder(t) == folder(name) for t in targets):
+                    wrong.append(f"{name} line {node.lineno}: an absolute import of its own folder ({targets[0]})")
     assert not wrong, "\n".join(wrong)
 
 
@@ -113,8 +137,7 @@ def test_no_import_cycles():
     """Tarjan's strongly connected components over module imports: every component is one module."""
     graph: dict[str, set[str]] = {n: set() for n in MODULES}
     for a, b, _ in _internal_edges():
-        if not (_is_package(b) and a.startswith(b + ".")):  # a submodule's import of its own package's names
-            graph[a].add(b)
+        graph[a].add(b)
     index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
 
     def visit(v):

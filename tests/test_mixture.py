@@ -199,7 +199,8 @@ def test_training_on_both_datasets_beats_each_alone_on_the_channels_they_share(t
 
 @pytest.mark.slow  # imports Ray (which subclasses subprocess.Popen, which the in-process tier replaces)
 def test_a_sweep_takes_a_mixture_with_relative_paths_and_its_per_dataset_metrics(tmp_path, monkeypatch):
-    from dynconv.sweeps.spec import SweepOptions, resolve_spec
+    from dynconv.launch.sweep import sweep_spec as resolve_spec
+    from dynconv.sweeps.spec import SweepOptions
 
     for name in ("rgb", "sensors"):
         for split in ("train", "val"):
@@ -209,15 +210,15 @@ def test_a_sweep_takes_a_mixture_with_relative_paths_and_its_per_dataset_metrics
     space = tmp_path / "space.yaml"
     space.write_text("dropout.kind: {grid: [none, uniform_subsets]}\n")
     args = [CONFIG, space, [_mixture("rgb", "sensors"), NO_VAL, "eval.subsets=R-G,R,IR"]]
-    spec = resolve_spec(tmp_path / "out", False, *args, SweepOptions(metric="acc_sensors:IR"))
+    spec = resolve_spec(tmp_path / "out", *args, SweepOptions(metric="acc_sensors:IR"))
     entries = spec.base["data"]["train"]
     assert [e["path"] for e in entries] == [str(tmp_path / "rgb" / "train.beton"), str(tmp_path / "sensors" / "train.beton")]
     assert entries[1]["val"] == str(tmp_path / "sensors" / "val.beton")  # trials run elsewhere: absolute paths
     with pytest.raises(DynconvError, match="acc_rgb:RG, acc_rgb:R, acc_sensors:R-G, acc_sensors:R, acc_sensors:IR"):
-        resolve_spec(tmp_path / "out", False, *args, SweepOptions(metric="acc_IR"))
+        resolve_spec(tmp_path / "out", *args, SweepOptions(metric="acc_IR"))
     (tmp_path / "sensors" / "val.beton").unlink()
     with pytest.raises(DynconvError, match="data.train\\[sensors\\].val sensors/val.beton does not exist"):
-        resolve_spec(tmp_path / "out2", False, *args, SweepOptions())
+        resolve_spec(tmp_path / "out2", *args, SweepOptions())
 
 
 @pytest.mark.slow
@@ -236,7 +237,7 @@ def test_a_mixture_over_two_processes_trains_what_one_process_does(two_sets, tmp
     out = {}
     for name, nproc in (("single", 1), ("ddp", 2)):
         proc = subprocess.run(
-            [sys.executable, "-m", "dynconv", "train", "--nproc", str(nproc), "--config", CONFIG, folders, NO_VAL,
+            [sys.executable, "-m", "dynconv.launch", "train", "--nproc", str(nproc), "--config", CONFIG, folders, NO_VAL,
              "data.image_size=24", "model.num_classes=4", f"model.width={TEST_WIDTH}", "train.epochs=2",
              "train.batch_size=16", "model.norm=group", "train.grad_clip=1.0", "data.augment.enabled=false",
              "data.num_workers=0", "tracking.enabled=false", f"run.dir={tmp_path / name}"],

@@ -51,7 +51,7 @@ def test_sigkill_at_seeded_points_resumes_bitwise(tiny_data, tmp_path, reference
     for i, (epoch, step) in enumerate(POINTS):
         log = tmp_path / f"attempt{i}.log"
         with log.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "dynconv", *args, *(["train.resume=auto"] if i else [])],
+            proc = subprocess.Popen([sys.executable, "-m", "dynconv.launch", *args, *(["train.resume=auto"] if i else [])],
                                     stdout=subprocess.DEVNULL, stderr=out)
             target = epoch_checkpoint(run, epoch) if step == 10 else epoch_checkpoint(run, epoch, step)
             deadline = time.time() + 300
@@ -180,7 +180,7 @@ def test_workers_die_with_their_launcher_and_release_the_run(tiny_data, tmp_path
 
     run = tmp_path / "run"
     args = [*resume_args(tiny_data, run, "train.epochs=30", "train.every_steps=1"), "--nproc", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "dynconv", *args], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "dynconv.launch", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = run / "checkpoints" / "epoch_0001_step_000001.pt"
     deadline = time.time() + 240
@@ -206,7 +206,7 @@ def test_ctrl_c_while_checkpoints_are_written_is_one_line_and_leaves_them_whole(
     run = tmp_path / "run"
     args = [*resume_args(tiny_data, run, "train.epochs=30", "train.every_steps=1", "train.keep_checkpoints=50"),
             "--nproc", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "dynconv", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "dynconv.launch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 240
     while len(list((run / "checkpoints").glob("epoch_*.pt"))) < 3 and proc.poll() is None and time.time() < deadline:

@@ -120,7 +120,7 @@ class InterruptOnce(Callback):
 def test_resume_after_interrupt_does_not_rerun_finished_trials(tiny_data, ray_cluster, sweep_root):
     from mlflow.tracking import MlflowClient
 
-    from dynconv.sweeps.runner import run_sweep
+    from dynconv.launch.sweep import run_sweep
 
     out, marker = sweep_root / "resume", sweep_root / "interrupt-once"
     marker.touch()
@@ -149,7 +149,7 @@ def test_resume_after_interrupt_does_not_rerun_finished_trials(tiny_data, ray_cl
 
 @pytest.mark.slow
 def test_pbt_exploits_a_stronger_trial(tiny_data, ray_cluster, sweep_root):
-    from dynconv.sweeps.runner import run_sweep
+    from dynconv.launch.sweep import run_sweep
 
     out = sweep_root / "pbt"
     space = _space(sweep_root / "pbt.yaml", "train:\n  lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
@@ -197,7 +197,8 @@ def test_runs_a_trial_could_not_close_are_closed_by_the_sweep(tmp_path):
 
     from dynconv.launch.tracking import MlflowRun
     from dynconv.run_files import TRACKING_BUFFER
-    from dynconv.sweeps.results import TrialRow, settle_trial_runs
+    from dynconv.launch.sweep import settle_trial_runs
+    from dynconv.sweeps.results import TrialRow
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     runs = {t: MlflowRun(uri, "sweep", tmp_path / "trials" / t, t) for t in ("stopped", "failed", "finished", "killed")}
@@ -296,18 +297,20 @@ def test_shipped_dropout_space_samples_valid_configs():
     import numpy as np
 
     from dynconv.dropout import ChannelDropout
-    from dynconv.launch.config import load_config
+    from types import SimpleNamespace
+
+    from dynconv.launch.config import SCHEMA, load_config
     from dynconv.sweeps.space import apply_params, load_space
 
     base = load_config(CONFIG).model_dump()
-    space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / "dropout.yaml", base)
+    space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / "dropout.yaml", SCHEMA, base)
     assert set(space.keys) == {"dropout.kind", "dropout.p", "dropout.weights", "dropout.curriculum",
                                "dropout.ramp_epochs", "dropout.steps", "train.lr", "model.stem_mode"}
     assert set(space.pbt_mutations()) == set(space.keys) - {"model.stem_mode"}
     rng = np.random.default_rng(0)
     for _ in range(30):  # every sample is a config the trainer accepts, with a schedule that builds
         params = {d.key: d.domain().sample(random_state=rng) for d in space.dims}
-        d = apply_params(base, params).dropout
+        d = SimpleNamespace(**apply_params(base, params, SCHEMA)["dropout"])
         schedule = ChannelDropout(d.kind, 3, p=d.p, weights=d.weights, curriculum=d.curriculum,
                                   ramp_epochs=d.ramp_epochs, steps=d.steps, channels="RGB")
         assert schedule.probabilities(1).sum() == pytest.approx(1)
@@ -367,10 +370,10 @@ def test_optuna_search_without_optuna_says_how_to_install(tmp_path, capsys, monk
 def test_numbers_without_a_dot_are_numbers_in_every_yaml_file(tmp_path):
     """PyYAML reads YAML 1.1, where ``1e-3`` is a string: space files failed ("needs numbers, got '1e-3'").
     Every dynconv file is read with YAML 1.2 numbers."""
-    from dynconv.launch.config import load_config
+    from dynconv.launch.config import SCHEMA, load_config
     from dynconv.sweeps.space import load_space
 
-    space = load_space(_space(tmp_path / "s.yaml", "train.lr: {loguniform: [1e-3, 1e-1]}\ndropout.p: {uniform: [1e-1, 5E-1]}\n"))
+    space = load_space(_space(tmp_path / "s.yaml", "train.lr: {loguniform: [1e-3, 1e-1]}\ndropout.p: {uniform: [1e-1, 5E-1]}\n"), SCHEMA)
     assert [d.args for d in space.dims] == [(1e-3, 1e-1), (0.1, 0.5)]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  lr: 3e-2\n  weight_decay: 1e-4\n")
@@ -382,7 +385,7 @@ def test_asha_best_is_the_trial_whose_final_evaluation_is_best(textures_small, r
     """Per-epoch subset metrics are measured on calibrated statistics (the model as evaluated): over a small
     dropout space on the harder set, the metric ASHA ranks a finished trial by at its last epoch is the final
     evaluation the trial wrote itself (eval.json), and the best trial is the one whose final evaluation is best."""
-    from dynconv.sweeps.runner import run_sweep
+    from dynconv.launch.sweep import run_sweep
     from dynconv.sweeps.spec import TRIALS_DIR, TUNE_DIR
 
     space = _space(sweep_root / "consistent.yaml",
@@ -443,7 +446,7 @@ def test_a_tracking_server_killed_mid_sweep_loses_nothing(tiny_data, ray_cluster
     starts while the server is down waits for it, tracking.wait_s), one MLflow run per trial, every epoch once."""
     from mlflow.tracking import MlflowClient
 
-    from dynconv.sweeps.runner import run_sweep
+    from dynconv.launch.sweep import run_sweep
     from mlflow_server_helpers import Server
 
     server = Server(sweep_root / "server")

@@ -130,7 +130,7 @@ def test_study_report_from_tagged_runs(server, logged, tmp_path, capsys):
 def test_server_killed_mid_run_buffers_then_sync_replays(server, tiny_data, tmp_path):
     run_dir = tmp_path / "flaky"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dynconv", *map(str, train_args(
+    cmd = [sys.executable, "-m", "dynconv.launch", *map(str, train_args(
         tiny_data, run_dir, "train.epochs=5", f"tracking.uri={server.url}", "tracking.experiment=flaky"))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output = []

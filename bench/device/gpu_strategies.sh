@@ -7,7 +7,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 [ -d .whl ] && pip install -q --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v "^WARNING" | tail -2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, deepspeed; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1
-D="python -m dynconv"
+D="python -m dynconv.launch"
 $D data synth /tmp/d96 --classes 10 --train-per-class 400 --val-per-class 30 --size 96 >/dev/null
 $D data synth /tmp/d128 --classes 10 --train-per-class 400 --val-per-class 30 --size 128 >/dev/null
 run() {  # name data size model extra...

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import warnings
 
 from dynconv import __version__
 from dynconv.errors import DynconvError
 
-from ..console import log_to_stdout
+from ..console import INTERRUPTED, log_to_stdout, say
 
 from . import (ablate, calibrate, cancel, compare, convert, data, demo, evaluate, export, flops, jobs, logs,
                mlflow_server, recipes, report, submit, sweep, sync, train)
@@ -23,18 +22,8 @@ COMMANDS = (demo, data, convert, train, evaluate, calibrate, export, flops, abla
             mlflow_server, sync, sweep, submit, jobs, logs, cancel)
 
 
-def say(text: str) -> None:
-    """One line on stderr in one write: the processes of a data-parallel run share it, and ``print`` writes
-    the text and its newline separately, so their lines could interleave."""
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
     say(f"dynconv: warning: {message}")
-
-
-INTERRUPTED = "dynconv: interrupted (checkpoints written so far are kept)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dynconv {__version__}")
     # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    # what a command that runs other commands (submit --run) needs of the command line, without importing it
+    p.set_defaults(cli_main=main, cli_commands=tuple(command_names()))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)

@@ -45,7 +45,7 @@ def add_resource_args(p: argparse.ArgumentParser) -> None:
 
 
 def resources(a: argparse.Namespace):
-    from ...slurm.executor import Resources
+    from dynconv.slurm.executor import Resources
 
     return Resources(nodes=a.nodes, tasks_per_node=a.tasks_per_node, gpus_per_node=a.gpus_per_node,
                      cpus_per_task=a.cpus_per_task, mem=a.mem, time_min=a.time, partition=a.partition,

@@ -17,7 +17,7 @@ def run(a) -> int:
     from dynconv.extras import require
 
     require("slurm")
-    from ...slurm.submissions import cancel_job
+    from dynconv.slurm.submissions import cancel_job
 
     cancel_job(Path(a.folder), a.job_id)
     print(f"cancelled {a.job_id}")

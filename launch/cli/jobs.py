@@ -16,7 +16,7 @@ def run(a) -> int:
     from dynconv.extras import require
 
     require("slurm")
-    from ...slurm.submissions import job_rows
+    from dynconv.slurm.submissions import job_rows
 
     rows = job_rows(Path(a.folder))
     if not rows:

@@ -22,7 +22,7 @@ def run(a) -> int:
     require("slurm")
     from dynconv.errors import DynconvError
 
-    from ...slurm.submissions import find_job, log_path
+    from dynconv.slurm.submissions import find_job, log_path
 
     rec, job = find_job(Path(a.folder), a.job_id)
     path = log_path(rec, job, a.task, a.stderr)

@@ -26,13 +26,13 @@ def run(a) -> int:
     from dynconv.extras import require
 
     require("slurm")
-    from ...slurm.executor import default_cluster
-    from ...slurm.submit import submit
-    from . import command_names, main
+    from dynconv.slurm.executor import default_cluster
+
+    from ..submission import submit
     from ._common import report_submission, resources
 
     cluster = a.cluster or default_cluster()
     out = submit(a.config, a.overrides, resources(a), cluster=cluster, root=Path(a.folder), array_file=a.array,
-                 command=a.run, dry_run=a.dry_run, cli=main,
-                 commands=[c for c in command_names() if c not in NOT_IN_A_JOB])
+                 command=a.run, dry_run=a.dry_run, cli=a.cli_main,
+                 commands=[c for c in a.cli_commands if c not in NOT_IN_A_JOB])
     return report_submission(out, a, cluster)

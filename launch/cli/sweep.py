@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
 
 
 def _options(a) -> dict:
-    from ...sweeps.spec import SweepOptions
+    from dynconv.sweeps.spec import SweepOptions
 
     return SweepOptions(scheduler=a.scheduler, search=a.search, num_samples=a.num_samples,
                         max_concurrent=a.max_concurrent, metric=a.metric, resources=a.resources_per_trial,
@@ -52,7 +52,7 @@ def run(a) -> int:
     require("sweep")
     if a.on_slurm:
         return _on_slurm(a)
-    from ...sweeps.runner import run_sweep
+    from ..sweep import run_sweep
 
     result = run_sweep(a.out, a.config, a.space, a.overrides, _options(a), resume=a.resume, ray_address=a.ray_address,
                        verbose=0 if a.quiet else 2 if a.verbose else 1)
@@ -74,10 +74,10 @@ def _on_slurm(a) -> int:
     from dynconv.extras import require
 
     require("slurm")
-    from ...slurm.executor import default_cluster
-    from ...slurm.submit import submit_sweep
-    from ...sweeps.runner import run_sweep
-    from ...sweeps.spec import resolve_spec
+    from dynconv.slurm.executor import default_cluster
+    from dynconv.slurm.submit import submit_sweep
+
+    from ..sweep import run_sweep, sweep_spec
     from ._common import report_submission, resources
 
     if a.ray_address:
@@ -86,7 +86,7 @@ def _on_slurm(a) -> int:
     options = _options(a)
     config, space = a.config, a.space
     if not a.resume:  # every setting is checked here, before anything is submitted
-        resolve_spec(out, False, config, space, a.overrides, options)
+        sweep_spec(out, config, space, a.overrides, options)
         config, space = str(Path(config).resolve()), str(Path(space).resolve())
     sweep_kwargs = {"out": str(out), "config": config, "space": space, "overrides": list(a.overrides),
                     "options": options}

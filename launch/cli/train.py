@@ -81,7 +81,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     for name in ("torch.distributed.run", "torch.distributed.elastic"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dynconv", *argv])
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dynconv.launch", *argv])
     try:
         torchrun(args)
     except ChildFailedError as e:
@@ -90,7 +90,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         code = failures[0].exitcode
         return code if code >= 0 else 128 - code  # killed by a signal: 128 + its number, as a shell says
     except SignalException as e:
-        from . import INTERRUPTED, say
+        from ..console import INTERRUPTED, say
 
         say(INTERRUPTED)
         return 128 + int(e.sigval) if e.sigval != signal.SIGINT else 130
