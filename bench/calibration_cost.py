@@ -1,7 +1,7 @@
 """What measuring the model as evaluated costs: per-subset calibration before every validation
 (``model.norm=recalibrate``) as a share of the epoch, at the demo's settings (the embedded data set, 3,000
 training images of 64×64, batch 64, ``launch/configs/demo.yaml``). The last epoch calibrates every subset
-from ``model.calibration_batches`` batches (the final statistics); the others from ``eval.calibration_batches``.
+from ``calibration.batches`` batches (the final statistics); the others from ``calibration.epoch_batches``.
 
     .venv/bin/python bench/calibration_cost.py [--epochs 3] [--train-per-class 300] [--calibration-batches N]
 """
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-per-class", type=int, default=300)
     ap.add_argument("--calibration-batches", type=int, default=None,
-                    help="eval.calibration_batches (default: the config's)")
+                    help="calibration.epoch_batches (default: the config's)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = write_dataset(Path(tmp) / "d", num_classes=10, train_per_class=a.train_per_class, val_per_class=30)
@@ -46,7 +46,7 @@ def main() -> None:
         cfg = load_config(DEMO_CONFIG, [f"data.train={root / 'train.beton'}", f"data.val={root / 'val.beton'}",
                                         f"train.epochs={a.epochs}", f"run.dir={Path(tmp) / 'run'}",
                                         "tracking.enabled=false", "train.log_every_steps=0",
-                                        *([f"eval.calibration_batches={a.calibration_batches}"]
+                                        *([f"calibration.epoch_batches={a.calibration_batches}"]
                                           if a.calibration_batches else [])])
         run_training(cfg, hooks=[record])
     print(f"demo settings ({10 * a.train_per_class} training images, norm={cfg.model.norm}, eval.every_epoch="

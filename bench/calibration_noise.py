@@ -1,5 +1,5 @@
 """How far the per-epoch subset accuracies move with the number of images the per-validation calibration
-uses (``eval.calibration_batches``), against statistics from ``model.calibration_batches`` batches (the
+uses (``calibration.epoch_batches``), against statistics from ``calibration.batches`` batches (the
 final ones). Demo settings (the embedded set, 3,000 training images of 64 px, batch 64,
 ``launch/configs/demo.yaml``); the model after epoch 1 of a 2-epoch run (mid-training, where sweeps read
 these accuracies), for each seed. Each size is drawn from several epochs' batches (different images), so
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--draws", type=int, default=3)
-    ap.add_argument("--batches", default="1,2", help="eval.calibration_batches values to compare")
+    ap.add_argument("--batches", default="1,2", help="calibration.epoch_batches values to compare")
     a = ap.parse_args()
     sizes = [int(b) for b in a.batches.split(",")]
     rows = {b: [] for b in sizes}
@@ -66,14 +66,14 @@ def main() -> None:
                                  num_workers=2, train=True, seed=seed)
             val = build_source(root / "val.beton", image_size=size, batch_size=cfg.train.batch_size, num_workers=2)
             subsets = all_subsets(len(channels))
-            ref = accuracies(model, train, val, transform, subsets, channels, 0, cfg.model.calibration_batches)
+            ref = accuracies(model, train, val, transform, subsets, channels, 0, cfg.calibration.batches)
             for b in sizes:
                 for draw in range(a.draws):
                     got = accuracies(model, train, val, transform, subsets, channels, draw, b)
                     rows[b].extend(abs(got[k] - ref[k]) for k in ref)
-            print(f"seed {seed}: reference ({cfg.model.calibration_batches} batches) "
+            print(f"seed {seed}: reference ({cfg.calibration.batches} batches) "
                   + ", ".join(f"{k[8:]} {100 * v:.1f}" for k, v in ref.items()))
-    print(f"| eval.calibration_batches | images per subset | mean abs. diff (points) | max (points) | "
+    print(f"| calibration.epoch_batches | images per subset | mean abs. diff (points) | max (points) | "
           f"subset x draw x seed |")
     print("|---:|---:|---:|---:|---:|")
     for b, diffs in rows.items():

@@ -15,7 +15,7 @@ from .channels import Subset
 from .data.loaders import DataSource
 from .data.mixture import MixturePart
 from .layers.subset_norm import calibrate
-from .train.hooks import Hook
+from .train.hooks import Algorithm
 
 log = logging.getLogger("dynconv")
 
@@ -39,7 +39,7 @@ def calibrate_from_source(model: nn.Module, source: DataSource, transform: Calla
     return max(n for *_, n in pools)
 
 
-class Calibrate(Hook):
+class Calibrate(Algorithm):
     """Per-subset normalisation statistics measured on the weights being evaluated (``model.norm=recalibrate``
     or ``switchable``), so every validation scores the model as it will be evaluated and shipped.
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from dynconv.calibration import calibrate_from_source
 from dynconv.channels import all_subsets
+from dynconv.choices import SUBSET_NORMS
 from dynconv.data import BatchTransform, build_source
 from dynconv.errors import DynconvError
 from dynconv.train import atomic_torch_save, load_checkpoint
@@ -21,10 +22,10 @@ def run_calibrate(checkpoint: str, data: str, batches: int = 20, batch_size: int
     if manifest.get("datasets"):
         raise DynconvError(f"{checkpoint} was trained on a mixture of datasets: 'dynconv calibrate' takes one dataset "
                            "and cannot calibrate it yet; training with model.norm=recalibrate calibrates every dataset")
-    if kwargs.get("norm", "shared") == "group":
+    if kwargs["norm"] == "group":  # every argument is recorded (older checkpoints: resolved when loaded)
         raise DynconvError(f"{checkpoint} uses GroupNorm (model.norm=group): it keeps no statistics to calibrate")
     model = model_from_checkpoint(ckpt, checkpoint)
-    if kwargs.get("norm", "shared") == "shared":  # turn shared BatchNorm into per-subset BatchNorm
+    if kwargs["norm"] not in SUBSET_NORMS:  # shared BatchNorm becomes per-subset BatchNorm: so says the manifest
         model.setup_norm("recalibrate")
         manifest = {**manifest, "model_kwargs": {**kwargs, "norm": "recalibrate"}}
     dev = resolve_device(device)

@@ -16,13 +16,23 @@ from .mixture import DATASETS_TAG
 from .plots import subset_figure
 from .mlflow_store import existing_store, mlflow_client, store_errors
 
-FORMATS = ("table", "markdown", "csv", "json")
 INFO_COLUMNS = ("run", "run_id", "model", "stem_mode", "stem", "norm", "dropout", "epochs", "macs")
 
 
 def _param(params: dict, key: str, default: str = "") -> str:
     value = params.get(key, default)
     return default if value in ("None", "") else value
+
+
+def _model_settings(params: dict, model: str) -> dict[str, str]:
+    """The run's stem mode, stem and norm as its model was built: logged (runs log every argument of the
+    builder), or for a run logged before that, the builder's own default of an argument it left unset;
+    ``-`` where the model has no such argument."""
+    from dynconv.models import list_models, resolve_model_kwargs
+
+    defaults = resolve_model_kwargs(model) if model in list_models() else {}
+    return {key: _param(params, f"model.{key}", "-" if defaults.get(key) is None else str(defaults[key]))
+            for key in ("stem_mode", "stem", "norm")}
 
 
 def run_rows(run) -> list[dict]:
@@ -48,13 +58,12 @@ def run_row(run, dataset: str | None = None, channels: str | None = None) -> dic
 
     def summary(kind: str, of_rows: float) -> float:  # a mixture's run summary covers every dataset: not a row's
         return of_rows if dataset else m.get(subset_metric(kind), of_rows)
-    dynamic = model.startswith("dynamic_")
+    built = _model_settings(p, model)
     full = channels if channels in subsets else subsets[0]
     return {
         "run": run.info.run_name or run.info.run_id[:8], "run_id": run.info.run_id, "dataset": dataset or "",
         "model": model,
-        "stem_mode": _param(p, "model.stem_mode", "prefix" if dynamic else "-"),
-        "stem": _param(p, "model.stem", "torchvision"), "norm": _param(p, "model.norm", "shared"),
+        **built,
         "dropout": _param(p, "dropout.kind", "?"), "epochs": int(float(_param(p, "train.epochs", "0"))),
         "macs": int(m.get(macs(full), 0)),
         "acc": {s: m[acc(s)] for s in subsets},

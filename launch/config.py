@@ -155,11 +155,20 @@ class ModelConfig(_Section):
     norm: Literal[*NORM_MODES] | None = D(None, "normalisation: shared BatchNorm, per-subset statistics, GroupNorm (with train.grad_clip)")
     switchable_stages: int | None = D(None, "norm=switchable: only the stem's norm and the first N stages", ge=0)
     switchable_affine: bool | None = D(None, "norm=switchable: per-subset gamma/beta too")
-    calibrate: bool = D(True, "norm=recalibrate|switchable: measure per-subset statistics before each validation")
-    calibration_batches: int = D(20, "training batches per subset for the final statistics", ge=1)
     fill_rescale: bool | None = D(None, "plain models: scale the present channels by C/k (absent ones are zeros)")
     width: int | None = D(None, "channels of the first stage (default 64, the published networks; the stages "
                           "widen from it): smaller is quicker to try", ge=4, le=1024)
+
+    def builder_kwargs(self, in_chans: int) -> tuple[dict, dict]:
+        """(every argument the model's builder is called with, defaults resolved: what the checkpoint and MLflow
+        record; the keys set here that this model does not take, e.g. a stem_mode for a plain resnet18)."""
+        from dynconv.models import model_options, resolve_model_kwargs
+
+        given = {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+        accepted = model_options(self.name)
+        ignored = {k: v for k, v in given.items() if k not in accepted}
+        kwargs = {k: v for k, v in given.items() if k in accepted}
+        return resolve_model_kwargs(self.name, **kwargs, in_chans=in_chans), ignored
 
 
 class TrainConfig(_Section):
@@ -234,8 +243,18 @@ class EvalConfig(_Section):
     batch_size: int = D(256, "evaluation batch size", ge=1)
     every_epoch: bool | Literal["auto"] = D("auto", "also score eval.subsets every epoch (val_acc_<subset>, mean, "
                                              "worst); auto: when that costs at most one epoch's images")
-    calibration_batches: int = D(1, "norm=recalibrate|switchable: batches per subset before each validation "
-                                    "(bench/calibration_noise.py: 1 vs 2 moves the read-outs by 1.2 vs 1.0 points)", ge=1)
+
+
+class CalibrationConfig(_Section):
+    """Per-subset normalisation statistics (model.norm=recalibrate|switchable), measured on the weights being
+    evaluated: before each validation and before the final checkpoint."""
+
+    enabled: bool = D(True, "measure per-subset statistics before each validation and the final checkpoint "
+                            "(model.norm=recalibrate|switchable)")
+    batches: int = D(20, "training batches per subset for the final statistics (also the last epoch's validation)",
+                     ge=1)
+    epoch_batches: int = D(1, "training batches per subset before each earlier validation "
+                              "(bench/calibration_noise.py: 1 vs 2 moves the read-outs by 1.2 vs 1.0 points)", ge=1)
 
 
 class RunConfig(_Section):
@@ -260,6 +279,7 @@ class Config(_Section):
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     dropout: DropoutConfig = DropoutConfig()
     eval: EvalConfig = EvalConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     run: RunConfig = RunConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -287,7 +307,7 @@ class Config(_Section):
             if not any(subsets_within(name, c) for c in sets):
                 raise ValueError(f"eval.subsets names {name.strip()!r}, a subset of no dataset of data.train "
                                  f"({', '.join(sets)}): use the channel names of a dataset")
-        if self.model.name.startswith("dynamic_") and self.model.stem_mode in (None, "prefix"):
+        if self.model.builder_kwargs(num_channels(self.data.channels))[0].get("stem_mode") == "prefix":
             raise ValueError("a mixture of datasets shares channels by name, but model.stem_mode=prefix (the default "
                              "of dynamic_* models) ignores which channel is which: set model.stem_mode=slice (or "
                              "template_mixing, hypernet, depthwise, target)")
@@ -401,10 +421,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return validate_config(merged)
 
 
+# keys that moved: old name -> new name (configs, sweeps and run folders written before still load)
+MOVED_KEYS = {"model.calibrate": "calibration.enabled", "model.calibration_batches": "calibration.batches",
+              "eval.calibration_batches": "calibration.epoch_batches"}
+
+
+def _moved(data: dict) -> dict:
+    """``data`` with keys of :data:`MOVED_KEYS` under their new names (a warning names each)."""
+    import copy
+    import warnings
+
+    data = copy.deepcopy(data)
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            new_section, new_key = new.split(".")
+            if not isinstance(data.get(new_section), dict):
+                data[new_section] = {}
+            data[new_section].setdefault(new_key, value)
+            warnings.warn(f"config key {old} is now {new}: please rename it", stacklevel=3)
+    return data
+
+
 def validate_config(data: dict) -> Config:
     """A nested mapping of sections -> :class:`Config`; an unknown key or bad value is a one-line DynconvError."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_moved(data))
     except ValidationError as e:
         raise DynconvError(_explain(e)) from None
 

@@ -1,4 +1,5 @@
-"""`dynconv eval`: score a checkpoint on every channel subset of a validation set."""
+"""Scoring a model on every channel subset of a validation set: `dynconv eval` of a checkpoint, and the
+final evaluation of a training (:class:`FinalEvaluation`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,13 @@ from dynconv.data.mixture import MixtureSource
 from dynconv.errors import DynconvError
 from dynconv.fileio import read_json
 from dynconv.evaluate import evaluate_subsets, summarize
+from dynconv.run_files import EVAL_JSON, EVAL_MD, EVAL_PNG
+from dynconv.train import Evaluator, FitResult
 from dynconv.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 from .mixture import dataset_entry, evaluate_mixture, part_of
+from .plots import subset_figure
+from .report import write_reports
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -61,6 +66,26 @@ def evaluate_model(model, manifest: dict, source: DataSource, subsets: str | Non
         extra = {}
     return {"model": manifest["model"], "image_size": manifest["image_size"], "channels": channels, **extra,
             "num_samples": source.num_samples, "subsets": results, "summary": summarize(results)}
+
+
+class FinalEvaluation(Evaluator):
+    """At the end of training: every configured subset of the validation set (accuracy, precision, recall,
+    F1, MACs), written to ``run.dir/eval.{json,md,png}`` and put into the fit result for the hooks after it."""
+
+    def __init__(self, manifest: dict, source: DataSource, subsets: str, device: torch.device, config_file: Path):
+        self.manifest, self.source, self.subsets, self.device = manifest, source, subsets, device
+        self.config_file = config_file
+
+    def on_fit_end(self, result: FitResult) -> None:
+        report = evaluate_model(result.module, self.manifest, self.source, self.subsets, self.device)
+        report["checkpoint"] = str(result.final_checkpoint)
+        run_dir = result.final_checkpoint.parent
+        result.report = report
+        rows = report["subsets"]
+        figure = subset_figure([{"label": self.manifest["model"], "macs": {s: r["macs"] for s, r in rows.items()},
+                                 "accuracy": {s: r["accuracy"] for s, r in rows.items()}}],
+                               run_dir / EVAL_PNG, title=f"{run_dir.name}: accuracy per channel subset")["path"]
+        result.files += write_reports(report, run_dir / EVAL_JSON, run_dir / EVAL_MD) + [figure, self.config_file]
 
 
 def reference_rgb_accuracy(reference: str, data: str, batch_size: int, num_workers: int, device: str) -> float:

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from dynconv.choices import SLICED_STEMS
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text, read_yaml
 
@@ -151,7 +152,7 @@ def goals(rows: list[dict]) -> list[tuple[str, str, bool]]:
     out.append(("its mean subset accuracy ≥ 1.3× the study's recipe (prefix / shared)", f"{ratio:.2f}×", ratio >= 1.3))
     worst = best["worst_subset_acc"] / best["accuracy_mean"][full]
     out.append(("its worst subset ≥ 0.6× its RGB", f"{worst:.2f}×", worst >= 0.6))
-    for stem in ("prefix", "slice"):
+    for stem in SLICED_STEMS:
         a, b = row(f"{stem} / recalibrate"), row(f"{stem} / switchable")
         if a and b:
             d = 100 * abs(a["mean_subset_acc"] - b["mean_subset_acc"])

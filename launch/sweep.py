@@ -7,12 +7,10 @@ The sweep's MLflow store is ``tracking.uri``, else ``out/mlruns.db``.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from dynconv.errors import DynconvError
-from dynconv.run_files import recorded_mlflow_run
 from dynconv.sweeps import runner
 from dynconv.sweeps.results import TrialRow
 from dynconv.sweeps.space import SearchSpace
@@ -20,7 +18,7 @@ from dynconv.sweeps.spec import SweepOptions, SweepSpec, resolve_spec
 from dynconv.sweeps.trainable import scheduler_stop_reason
 
 from .config import SCHEMA, load_config, validate_config
-from .tracking import MlflowRun, default_tracking_uri, stopped_early_tags, tag_recorded_run
+from .tracking import MlflowRun, default_tracking_uri, settle_run, stopped_early_tags, tag_recorded_run
 
 
 def train_trial(config: dict, tags: dict | None = None, hooks: Sequence = ()) -> dict:
@@ -78,21 +76,10 @@ def settle_trial_runs(rows: list[TrialRow], trials_dir: Path) -> None:
     gets the status its trial reached (FAILED for an error, else FINISHED; a stopped one is tagged as the
     trainer would have). Tracking never fails the sweep."""
     for row in rows:
-        run_dir = trials_dir / row.trial
-        info = recorded_mlflow_run(run_dir)
-        if info is None:
-            continue
         stopped = not row.finished and not row.error
-        try:
-            run = MlflowRun.attach(info["tracking_uri"], info["run_id"], run_dir)
-            run.flush()
-            if run.client.get_run(run.run_id).info.status == "RUNNING":
-                if stopped:
-                    run.set_tags(stopped_early_tags(scheduler_stop_reason(row.epochs)))
-                run.finish("FAILED" if row.error else "FINISHED")
-            run.set_tags({"dynconv.sweep.stopped_early": str(stopped).lower(), "dynconv.sweep.epochs": str(row.epochs)})
-        except Exception as e:  # noqa: BLE001
-            warnings.warn(f"could not tag MLflow run {info['run_id']}: {str(e).splitlines()[0][:120]}", stacklevel=2)
+        settle_run(trials_dir / row.trial, "FAILED" if row.error else "FINISHED",
+                   {"dynconv.sweep.stopped_early": str(stopped).lower(), "dynconv.sweep.epochs": str(row.epochs)},
+                   stopped_early_tags(scheduler_stop_reason(row.epochs)) if stopped else None)
 
 
 def sweep_spec(out: Path, config: str | None, space: str | None, overrides: Sequence[str] = (),

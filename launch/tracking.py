@@ -24,8 +24,10 @@ from pathlib import Path
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 from dynconv.metric_names import logged_evaluation, logged_name
-from dynconv.run_files import CHECKPOINTS, MLFLOW_RUN, MODEL, TRACKING_BUFFER, recorded_mlflow_run
-from dynconv.train import FitResult, Hook, StoppedEarly, TrainingPreempted
+from dynconv.run_files import (CHECKPOINTS, CONFIG, EVAL_JSON, EVAL_MD, EVAL_PNG, MLFLOW_RUN, MODEL, TRACKING_BUFFER,
+                               recorded_mlflow_run)
+from dynconv.train.checkpoint import checkpoint_manifest
+from dynconv.train import FitResult, Logger, StoppedEarly, TrainingPreempted
 
 from .mlflow_store import existing_store, is_unreachable, mlflow_client, store_errors
 
@@ -294,7 +296,7 @@ def stopped_early_tags(reason: str) -> dict[str, str]:
     return {"dynconv.stopped_early": "true", "dynconv.stopped_early.reason": reason}
 
 
-class MlflowTracking(Hook):
+class MlflowTracking(Logger):
     """The trainer hook owning a training's MLflow run: created (or, on resume, reopened) when training
     starts; per-epoch metrics; the final checkpoint, evaluation and report files at the end; the final status
     (``SCHEDULED`` when pre-empted, ``FINISHED`` when a scheduler stopped it early, else ``FAILED``/``KILLED``)."""
@@ -379,11 +381,12 @@ def log_final(run: MlflowRun, run_dir: Path, checkpoint: Path, report: dict | No
     run.finish("FINISHED")
 
 
-def complete_finished_run(run_dir: Path, uri: str, run_id: str, report: dict, files: list[Path],
-                          manifest: dict | None) -> bool:
-    """Log the end of a run whose training and final evaluation are on disk but whose MLflow run never got
-    them (the process was killed between writing ``eval.json`` and the run's end); ``True`` if it did.
-    A run that has its final evaluation, or whose buffer holds its end, is left as it is."""
+def complete_finished_run(run_dir: Path, done: dict, log_model: bool) -> bool:
+    """Log the end of a run whose training and final evaluation are on disk (``done``: its summary, with its
+    MLflow run) but whose MLflow run never got them (the process was killed between writing ``eval.json`` and
+    the run's end); ``True`` if it did. A run that has its final evaluation, or whose buffer holds its end, is
+    left as it is."""
+    uri, run_id, report = done["tracking_uri"], done["run_id"], done["report"]
     try:
         run = MlflowRun.attach(uri, run_id, run_dir)
         run.flush()
@@ -394,11 +397,73 @@ def complete_finished_run(run_dir: Path, uri: str, run_id: str, report: dict, fi
             return False
         log.info(f"the MLflow run {run_id} lacks the final evaluation (the process ended before it was logged): "
                  "logging it from run.dir")
-        log_final(run, run_dir, run_dir / MODEL, report, files, manifest)
+        files = [run_dir / f for f in (EVAL_JSON, EVAL_MD, EVAL_PNG, CONFIG) if (run_dir / f).exists()]
+        log_final(run, run_dir, run_dir / MODEL, report, files, checkpoint_manifest(run_dir / MODEL) if log_model else None)
         return True
     except Exception as e:  # noqa: BLE001 - tracking never stops a run
         warnings.warn(f"could not complete MLflow run {run_id}: {str(e).splitlines()[0][:120]}", stacklevel=2)
         return False
+
+
+def settle_run(run_dir: Path, status: str, tags: dict[str, str], tags_if_open: dict[str, str] | None = None) -> None:
+    """Close the MLflow run of ``run_dir`` whose process could not (a trial thread that Ray Tune cut off): its
+    buffered records are delivered, a run still RUNNING gets ``status`` (and ``tags_if_open``), and every run
+    ``tags``. Tracking never fails the caller: a store that refuses is a warning."""
+    info = recorded_mlflow_run(run_dir)
+    if info is None:
+        return
+    try:
+        run = MlflowRun.attach(info["tracking_uri"], info["run_id"], run_dir)
+        run.flush()
+        if run.client.get_run(run.run_id).info.status == "RUNNING":
+            if tags_if_open:
+                run.set_tags(tags_if_open)
+            run.finish(status)
+        run.set_tags(tags)
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"could not tag MLflow run {info['run_id']}: {str(e).splitlines()[0][:120]}", stacklevel=2)
+
+
+def run_params(cfg, model_kwargs: dict, stats: tuple, uri: str) -> dict:
+    """The run's MLflow params: every config key as it ran, with what the config left unset resolved — the
+    model builder's arguments (its defaults included), the normalisation, the run's name and store. Keys still
+    unset mean "off" (e.g. ``train.res_start``) and are left out."""
+    from .config import flatten
+
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("model.") and v not in (None, {})}
+    params["model.name"] = cfg.model.name
+    params.update(flatten_mapping(model_kwargs, "model."))
+    if stats[0] is not None:
+        params["data.mean"], params["data.std"] = stats
+    params["run.name"] = cfg.run.name or Path(cfg.run.dir).name
+    params["tracking.uri"] = uri
+    return params
+
+
+def flatten_mapping(values: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"<prefix>a.b": 1}``."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten_mapping(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def training_tracker(cfg, data, manifest: dict, resumed: bool, tags: dict | None) -> "MlflowTracking":
+    """The MLflow hook of a training: its params, tags (a mixture's datasets too) and data inputs."""
+    run_dir = Path(cfg.run.dir)
+    uri = cfg.tracking.uri or default_tracking_uri(run_dir)
+    tags = {"dynconv.model": cfg.model.name, **cfg.run.tags, **(tags or {})}
+    if data.mixture:
+        from .mixture import DATASETS_TAG
+
+        tags[DATASETS_TAG] = json.dumps([{"name": p.name, "channels": p.channels} for p in data.parts])
+    return MlflowTracking(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
+                          params=run_params(cfg, manifest["model_kwargs"], data.stats, uri), tags=tags,
+                          resume=resumed, inputs=data.inputs(), manifest=manifest, log_model=cfg.tracking.log_model,
+                          wait_s=cfg.tracking.wait_s)
 
 
 def tag_recorded_run(run_dir: Path, tags: dict[str, str]) -> None:

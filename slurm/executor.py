@@ -14,9 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynconv.choices import CLUSTERS
 from dynconv.errors import DynconvError
 
-CLUSTERS = ("slurm", "local", "debug")
 MIN_RUNTIME_S = 60  # a job needs at least this long between start-up and the pre-emption signal
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 import submitit
 
 from dynconv.errors import DynconvError
-from dynconv.train import Hook, TrainingPreempted
+from dynconv.train import Callback, TrainingPreempted
 
 
 def _distributed_env() -> submitit.JobEnvironment:
@@ -57,7 +57,7 @@ def job_tags(env: submitit.JobEnvironment) -> dict[str, str]:
     return tags
 
 
-class PreemptionSignal(Hook):
+class PreemptionSignal(Callback):
     """Slurm's USR2 (``--signal-delay`` seconds before the time limit, or on pre-emption) only sets a flag;
     the trainer sees it before its next step (every rank at the same step) and stops with a checkpoint."""
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dynconv.choices import SPACE_LISTS, SPACE_RANGES
 from dynconv.errors import DynconvError
 from dynconv.fileio import read_yaml
 
-RANGES = ("uniform", "loguniform", "quniform", "randint")
-LISTS = ("choice", "grid")
+RANGES, LISTS = SPACE_RANGES, SPACE_LISTS
 DISTRIBUTIONS = RANGES + LISTS
 # set by the sweep itself (one run folder and MLflow run per trial, the budget, the scored subsets)
 RESERVED = ("run.", "tracking.", "train.resume", "train.epochs", "eval.every_epoch", "eval.subsets")

@@ -8,13 +8,12 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from dynconv.channels import parse_subsets, subset_name, subsets_within, validate_channels
+from dynconv.choices import SWEEP_SCHEDULERS as SCHEDULERS, SWEEP_SEARCHES as SEARCHES
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
 
 from .space import Schema, SearchSpace, parse_space, plain, read_space_file
 
-SCHEDULERS = ("asha", "pbt", "fifo")
-SEARCHES = ("random", "grid", "optuna")
 SPEC_FILE, TUNE_DIR, TRIALS_DIR = "sweep.json", "tune", "trials"
 DEFAULTS = {"scheduler": "asha", "search": "random", "metric": "worst_subset_acc", "resources": "cpu=1,gpu=0",
             "grace_period": 1, "reduction_factor": 3, "seed": 0}

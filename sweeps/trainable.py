@@ -24,7 +24,7 @@ from typing import Callable
 from dynconv.fileio import atomic_write_text
 from dynconv.metric_names import MEAN_SUBSET_ACC, TRAIN_LOSS, VAL, WORST_SUBSET_ACC, flat_metrics
 from dynconv.run_files import SWEEP_TRIAL, TRAIN_LOG
-from dynconv.train import FitResult, Hook, StoppedEarly, atomic_torch_save, latest_checkpoint, load_checkpoint
+from dynconv.train import Callback, FitResult, StoppedEarly, atomic_torch_save, latest_checkpoint, load_checkpoint
 from dynconv.train.checkpoint import epoch_checkpoint
 
 from .space import plain, with_params
@@ -114,7 +114,7 @@ def scheduler_stop_reason(epoch: int) -> str:
     return f"stopped by the sweep's scheduler after epoch {epoch}"
 
 
-class TuneReporter(Hook):
+class TuneReporter(Callback):
     """Reports each epoch to Tune with its checkpoint, and the end of training with the final evaluation
     (so a finished trial's last result is its full per-subset evaluation). When Tune stops the trial at an
     epoch (ASHA's rung, PBT's pause), training ends as :class:`StoppedEarly`: the trial's MLflow run is

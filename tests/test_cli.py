@@ -33,6 +33,7 @@ def test_train_writes_checkpoints_and_reports(trained):
 
 @pytest.mark.slow
 def test_mlflow_run_has_params_metrics_artifacts(trained):
+    import torch
     from mlflow.tracking import MlflowClient
 
     info = json.loads((trained / "mlflow_run.json").read_text())
@@ -42,6 +43,13 @@ def test_mlflow_run_has_params_metrics_artifacts(trained):
     assert run.info.status == "FINISHED"
     p, m = run.data.params, run.data.metrics
     assert p["model.name"] == "dynamic_resnet18" and p["train.epochs"] == "15" and p["data.image_size"] == "32"
+    # every argument the model was built with, its defaults too, and the resolved normalisation and store
+    ckpt = torch.load(trained / "model.pt", weights_only=True)["dynconv"]
+    assert {k: p[f"model.{k}"] for k in ckpt["model_kwargs"] if ckpt["model_kwargs"][k] is not None} == \
+        {k: str(v) for k, v in ckpt["model_kwargs"].items() if v is not None}
+    assert p["model.stem"] == "torchvision" and p["model.in_chans"] == "3" and p["model.switchable_stages"] == "None"
+    assert json.loads(p["data.mean"]) == pytest.approx(ckpt["mean"]) and p["tracking.uri"] == info["tracking_uri"]
+    assert p["calibration.batches"] == "20" and "model.calibrate" not in p
     for s in SUBSETS:
         for k in ("acc", "precision", "recall", "f1", "f1_macro", "macs"):
             assert f"subset/{s}/{k}" in m
@@ -152,6 +160,17 @@ def test_diverging_loss_stops_with_one_line_and_keeps_checkpoints(tiny_data, tmp
     assert "skipped a non-finite loss" in skipping.stdout
 
 
+def test_keys_that_moved_still_load_under_their_new_names():
+    """model.calibrate, model.calibration_batches and eval.calibration_batches moved to one section,
+    calibration: configs written before load, with one warning per key that says the new name."""
+    from dynconv.launch.config import load_config
+
+    with pytest.warns(UserWarning, match="config key model.calibration_batches is now calibration.batches"):
+        cfg = load_config(CONFIG, ["model.calibrate=false", "model.calibration_batches=7", "eval.calibration_batches=3"])
+    assert (cfg.calibration.enabled, cfg.calibration.batches, cfg.calibration.epoch_batches) == (False, 7, 3)
+    assert "calibrate" not in cfg.model.model_dump() and "calibration_batches" not in cfg.eval.model_dump()
+
+
 @pytest.mark.parametrize("override, suggestion", [("trian.epochs=3", "train.epochs"), ("trian.epoch=3", "train.epochs"),
                                                   ("train.epoch=3", "train.epochs"), ("modle.norm=group", "model.norm")])
 def test_a_mistyped_key_is_answered_with_the_key_meant(override, suggestion):
@@ -170,8 +189,12 @@ def test_stem_args_reach_the_model_its_checkpoint_and_eval(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(*train_args(tiny_data, run_dir, "train.epochs=1", "tracking.enabled=false", "eval.subsets=RGB,R",
                                "model.stem_mode=template_mixing", "model.stem_args.num_templates=4")) == 0
+    from dynconv.models import model_options
+
     ckpt = torch.load(run_dir / "model.pt", weights_only=False)
     assert ckpt["dynconv"]["model_kwargs"]["stem_args"] == {"num_templates": 4}
+    assert list(ckpt["dynconv"]["model_kwargs"]) == model_options("dynamic_resnet18")  # every one, defaults too
+    assert ckpt["dynconv"]["model_kwargs"]["stem"] == "torchvision"
     assert ckpt["model"]["conv1.templates"].shape[0] == 4
     out = tmp_path / "eval.json"
     assert run_cli("eval", run_dir / "model.pt", "--data", tiny_data / "val.beton", "--subsets", "RGB,R",

@@ -290,8 +290,11 @@ def test_data_mean_std_auto_from_a_beton_or_a_folder(tiny_data, tmp_path, caplog
     from dynconv.data.ffcv_io import read_beton_meta, sidecar_path
     from dynconv.data.stats import folder_stats
     from dynconv.launch.config import load_config
-    from dynconv.launch.training import _stats
+    from dynconv.launch.training_data import TrainingData
     from helpers import CONFIG
+
+    def _stats(cfg):  # the one dataset's normalisation, as training resolves it
+        return TrainingData.plan(cfg).stats
 
     meta = read_beton_meta(tiny_data / "train.beton")
     assert meta["stats_images"] == 320 and len(meta["mean"]) == len(meta["std"]) == 3

@@ -169,6 +169,39 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+def _choice_sets() -> dict[str, frozenset]:
+    """The sets of allowed values ``dynconv/choices.py`` defines (tuples of strings), by name."""
+    tree = ast.parse((ROOT / "dynconv" / "choices.py").read_text())
+    sets = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple) and \
+                all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.value.elts):
+            sets[node.targets[0].id] = frozenset(e.value for e in node.value.elts)
+    return sets
+
+
+def test_every_choice_set_is_written_once_in_choices_py():
+    """A set of allowed values (stem modes, per-subset norms, clusters, schedulers, ...) is spelled out once, in
+    ``dynconv/choices.py``; the library's checks, the config schema's ``Literal`` types and the command line's
+    ``choices=`` use that constant. Any other literal collection of the same strings is a second definition."""
+    sets = _choice_sets()
+    assert len(sets) >= 20 and {"STEM_MODES", "NORM_MODES", "SUBSET_NORMS", "CLUSTERS"} <= set(sets)
+    twice = [f"{a} and {b}" for a in sets for b in sets if a < b and sets[a] == sets[b]]
+    assert not twice, f"choices.py defines one set twice: {twice}"
+    by_values = {values: name for name, values in sets.items()}
+    wrong = []
+    for name, path in MODULES.items():
+        if path == ROOT / "dynconv" / "choices.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) > 1 and \
+                    all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                values = frozenset(e.value for e in node.elts)
+                if values in by_values:
+                    wrong.append(f"{name} line {node.lineno} spells out {by_values[values]}")
+    assert not wrong, "\n".join(wrong)
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_only_under_dynconv(tmp_path):
     """``pip install .`` puts nothing generic at top level: the wheel holds dynconv/ (every module and its

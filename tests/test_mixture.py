@@ -111,7 +111,7 @@ def test_a_mixed_run_resumes_bitwise_and_reads_back_per_dataset(two_sets, tmp_pa
                                     "data.image_size=24", "model.num_classes=4", f"model.width={TEST_WIDTH}",
                                     "train.epochs=2", "train.batch_size=16", "train.every_steps=3",
                                     "data.num_workers=1", f"run.dir={tmp_path / name}", f"tracking.uri={uri}",
-                                    f"run.name={name}", "eval.every_epoch=true", "model.calibration_batches=2", *extra])
+                                    f"run.name={name}", "eval.every_epoch=true", "calibration.batches=2", *extra])
 
     reference = run_training(cfg("reference"))
     with pytest.raises(TrainingPreempted) as stop:  # 6 + 6 steps an epoch, interleaved

@@ -276,3 +276,46 @@ def test_width_narrows_every_stage_and_keeps_the_parameter_names(name):
                          if c.weight.numel() > 2000)  # ResNets: torchvision's Kaiming (fan_out) start, not PyTorch's default
     x = torch.randn(2, 3, 32, 32)
     assert forward_subset(narrow, x, (0, 2)).shape == (2, 4)
+
+
+def test_resolved_kwargs_are_every_builder_argument_and_build_the_same_model():
+    """What checkpoints and MLflow record: every argument of the builder, its own defaults filled in (a None
+    is "not given"); a plain model has no stem_mode to record, and an argument it lacks is one line."""
+    import inspect
+
+    from dynconv.errors import DynconvError
+    from dynconv.models import model_options, resolve_model_kwargs
+    from dynconv.models.registry import _MODELS
+
+    kwargs = resolve_model_kwargs("dynamic_resnet18", num_classes=5, stem_mode="slice", norm=None, width=8)
+    assert list(kwargs) == model_options("dynamic_resnet18")
+    defaults = {k: p.default for k, p in inspect.signature(_MODELS["dynamic_resnet18"]).parameters.items()}
+    assert kwargs == {**defaults, "num_classes": 5, "stem_mode": "slice", "width": 8}
+    assert kwargs["norm"] == "shared" and kwargs["stem"] == "torchvision"
+    assert "stem_mode" not in resolve_model_kwargs("resnet18")
+    torch.manual_seed(0)
+    a = create_model("dynamic_resnet18", num_classes=5, stem_mode="slice", width=8)
+    torch.manual_seed(0)
+    b = create_model("dynamic_resnet18", **kwargs)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    with pytest.raises(DynconvError, match="model resnet18 has no option 'stem_mode'"):
+        resolve_model_kwargs("resnet18", stem_mode="slice")
+
+
+def test_a_checkpoint_that_recorded_only_the_set_arguments_still_loads_with_every_one(tmp_path):
+    """Checkpoints written before every resolved argument was recorded kept only the set ones: they load, and
+    readers (calibrate, compare, eval) find the builder's defaults for the rest."""
+    from dynconv.models import model_options
+    from dynconv.train.checkpoint import load_checkpoint, make_manifest, model_from_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=4, stem_mode="slice", width=8).eval()
+    old = make_manifest("dynamic_resnet18", {"num_classes": 4, "in_chans": 3, "stem_mode": "slice", "width": 8},
+                        "RGB", 32, [0.5] * 3, [0.25] * 3, ["a", "b", "c", "d"])
+    torch.save({"dynconv": old, "model": model.state_dict(), "epoch": 1}, tmp_path / "old.pt")
+    ckpt = load_checkpoint(tmp_path / "old.pt")
+    kwargs = ckpt["dynconv"]["model_kwargs"]
+    assert list(kwargs) == model_options("dynamic_resnet18")
+    assert (kwargs["norm"], kwargs["stem"], kwargs["stem_mode"], kwargs["width"]) == ("shared", "torchvision", "slice", 8)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model_from_checkpoint(ckpt).eval()(x), model(x), rtol=0, atol=0)

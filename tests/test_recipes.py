@@ -79,7 +79,7 @@ def test_recipes_end_to_end_with_a_teacher_reference(tmp_path, capsys):
     page = tmp_path / "docs" / "results.md"
     assert run_cli("recipes", "--config", CONFIG, "--recipes", path, "--out", tmp_path / "out", "--seeds", "1",
                    "--publish", page, "train.epochs=1", "train.batch_size=8", "data.num_workers=1",
-                   "tracking.enabled=false", "model.calibration_batches=1") == 0
+                   "tracking.enabled=false", "calibration.batches=1") == 0
     text = page.read_text()
     assert "## tiny" in text and "| distilled | 1 |" in text and "![tiny](results.png)" in text
     assert (page.parent / "results.png").exists()
@@ -94,7 +94,7 @@ def test_recipes_end_to_end_with_a_teacher_reference(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli("recipes", "--config", CONFIG, "--recipes", path, "--out", tmp_path / "out", "--seeds", "1",
                    "--publish", page, "train.epochs=1", "train.batch_size=8", "data.num_workers=1",
-                   "tracking.enabled=false", "model.calibration_batches=1") == 0
+                   "tracking.enabled=false", "calibration.batches=1") == 0
     assert capsys.readouterr().out.count("already done, reusing") == 2
     again = page.read_text()
     assert "(2 of them reused from an earlier invocation" in again

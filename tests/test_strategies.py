@@ -91,6 +91,36 @@ def test_progressive_resizing_trains_at_the_scheduled_resolution(tmp_path):
     assert model.sizes == [16, 16, 24, 24, 32, 32] and hook.res == [16, 24, 32]
 
 
+def test_hooks_are_called_by_role_whatever_order_they_are_given_in(tmp_path):
+    """At every event: algorithms (change the model), evaluators (make the result), loggers (record it), then
+    callbacks (may stop training); within a role, in the order given. A plain Hook is a callback."""
+    from dynconv.train import Algorithm, Callback, Evaluator, Logger
+
+    calls = []
+
+    def role(base, name):
+        class Recorder(base):
+            def before_validation(self, module, epoch):
+                calls.append(("before_validation", name))
+
+            def on_epoch_end(self, epoch, metrics, checkpoint):
+                calls.append(("on_epoch_end", name))
+
+            def on_fit_end(self, result):
+                calls.append(("on_fit_end", name))
+        return Recorder()
+
+    hooks = [role(Hook, "plain"), role(Callback, "callback"), role(Logger, "logger"), role(Evaluator, "evaluator"),
+             role(Algorithm, "algorithm"), role(Algorithm, "algorithm2")]
+    torch.manual_seed(0)
+    strategy, opt = _setup(Tiny())
+    fit(strategy, DataSource(make_batches(2), None, 8, "memory"), None, build_scheduler(opt, "constant", 1),
+        fit_spec(tmp_path, 1, hooks=hooks))
+    order = ["algorithm", "algorithm2", "evaluator", "logger", "plain", "callback"]
+    for event in ("before_validation", "on_epoch_end", "on_fit_end"):
+        assert [n for e, n in calls if e == event] == order
+
+
 def _onecycle_run(tmp_path, stop_at: int | None = None, resume_from=None) -> list[float]:
     """LRs of every optimiser step of 2 epochs x 3 steps; optionally stopped before poll ``stop_at``."""
     torch.manual_seed(0)

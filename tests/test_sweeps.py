@@ -393,7 +393,7 @@ def test_asha_best_is_the_trial_whose_final_evaluation_is_best(textures_small, r
     overrides = [f"data.train={textures_small / 'train.beton'}", f"data.val={textures_small / 'val.beton'}",
                  "model.num_classes=6", "data.image_size=32", "train.epochs=4", "train.batch_size=32",
                  "train.lr=0.05", "model.norm=recalibrate", "data.num_workers=1", "train.keep_checkpoints=1",
-                 "tracking.enabled=false", "eval.calibration_batches=2"]
+                 "tracking.enabled=false", "calibration.epoch_batches=2"]
     out = sweep_root / "consistent"
     result = run_sweep(out, CONFIG, space, overrides,
                        SweepOptions(scheduler="asha", search="grid", metric="mean_subset_acc", grace_period=1,

@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..choices import SLICED_STEMS
+
 
 def present_channels(x: torch.Tensor, channels: Sequence[int] | None, c_max: int, mode: str) -> list[int]:
     """Indices (into the layer's ``c_max`` channels) of the channels in ``x``.
@@ -39,8 +41,8 @@ class DynamicConv2D(nn.Conv2d):
 
     def __init__(self, *args, mode: str = "prefix", rescale: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if mode not in ("prefix", "slice"):
-            raise ValueError(f"DynamicConv2D mode must be prefix or slice, not {mode!r}")
+        if mode not in SLICED_STEMS:
+            raise ValueError(f"DynamicConv2D mode must be one of {', '.join(SLICED_STEMS)}, not {mode!r}")
         self.mode, self.rescale = mode, rescale
 
     def forward(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:

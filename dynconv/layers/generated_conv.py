@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import DEPTHWISE_COMBINE
 from .dynamic_conv import present_channels
 
 
@@ -107,8 +108,6 @@ class HyperNetConv2d(_GeneratedConv):
         w = self.out(self.hidden(self.embedding[ids]))  # |S| × (out·k·k)
         return w.view(len(ids), self.out_channels, self.kernel_size, self.kernel_size).transpose(0, 1)
 
-
-DEPTHWISE_COMBINE = ("softmax", "weighted", "mean", "sum")
 
 
 class DepthwiseStemConv2d(nn.Module):

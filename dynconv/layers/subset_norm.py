@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..channels import Subset, all_subsets
+from ..choices import SUBSET_NORMS
 
 
 def nearest_subset(target: Subset, candidates: list[Subset]) -> Subset:
@@ -34,8 +35,8 @@ class SubsetBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, num_features: int, in_chans: int, mode: str, per_subset_affine: bool = False,
                  eps: float = 1e-5, momentum: float = 0.1):
         super().__init__(num_features, eps=eps, momentum=momentum)
-        if mode not in ("recalibrate", "switchable"):
-            raise ValueError(f"SubsetBatchNorm2d mode must be recalibrate or switchable, not {mode!r}")
+        if mode not in SUBSET_NORMS:
+            raise ValueError(f"SubsetBatchNorm2d mode must be one of {', '.join(SUBSET_NORMS)}, not {mode!r}")
         self.mode, self.subsets = mode, all_subsets(in_chans)
         n = len(self.subsets)
         self.register_buffer("subset_mean", torch.zeros(n, num_features))

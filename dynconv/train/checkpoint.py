@@ -54,7 +54,19 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise DynconvError(f"{path} has checkpoint format {manifest['format_version']}, newer than this dynconv "
                            f"({FORMAT_VERSION}): upgrade dynconv")
+    resolve_manifest(manifest)
     return ckpt
+
+
+def resolve_manifest(manifest: dict) -> dict:
+    """Fill in the builder's defaults a manifest's ``model_kwargs`` lacks (checkpoints written before dynconv
+    recorded every resolved value kept only the arguments that were set), in place: readers find every
+    argument the model was built with. A model no longer registered is left as it is (building it says so)."""
+    from ..models import list_models, resolve_model_kwargs
+
+    if manifest.get("model") in list_models():
+        manifest["model_kwargs"] = resolve_model_kwargs(manifest["model"], **manifest.get("model_kwargs", {}))
+    return manifest
 
 
 def epoch_checkpoint(run_dir: Path, epoch: int, step: int | None = None) -> Path:
@@ -96,6 +108,7 @@ def read_deepspeed_sidecar(path: str | Path) -> dict:
     optim = len(list(path.glob("*optim_states.pt")))
     if optim and optim != record.get("world_size", optim):
         raise DynconvError(f"{path} is incomplete: {optim} optimizer shard(s) for {record['world_size']} processes")
+    resolve_manifest(record["dynconv"])
     return record
 
 

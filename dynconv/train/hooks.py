@@ -1,8 +1,16 @@
-"""Trainer events: the one way to extend ``fit`` (as Composer's callbacks or Lightning's hooks).
+"""Trainer events: the one way to extend ``fit`` (as Composer's algorithms, callbacks and loggers).
 
-Subclass :class:`Hook` and override what you need. MLflow tracking, Ray Tune reporting, Slurm pre-emption,
-per-subset BatchNorm calibration and the final evaluation are each one hook; the trainer itself owns no
-tracker and no run status. Events, in the order they happen:
+Subclass one of the four roles and override the events you need. At every event ``fit`` calls the hooks role
+by role, in this order, and within a role in the order given:
+
+1. :class:`Algorithm` — changes the model's state (per-subset BatchNorm calibration); every process;
+2. :class:`Evaluator` — makes the run's result (the final evaluation puts its report in ``FitResult``);
+3. :class:`Logger` — records what happened (MLflow): sees the report, and logs an epoch before anyone may
+   stop training on it;
+4. :class:`Callback` — observes and may end training (Ray Tune reporting and early stops, Slurm's
+   pre-emption). A plain :class:`Hook` counts as a callback.
+
+The trainer itself owns no tracker and no run status. Events, in the order they happen:
 
 * ``on_fit_start(info)`` — main process;
 * ``should_stop()`` — every process, before every optimiser step; true on any process: every process writes a
@@ -60,7 +68,9 @@ class FitResult:
 
 
 class Hook:
-    """One no-op method per event (see the module docstring for when each runs)."""
+    """One no-op method per event (see the module docstring for when each runs); ``role`` orders it."""
+
+    role = "callback"
 
     def on_fit_start(self, info: dict) -> None:
         """``info``: parameter count, dataset sizes, start epoch."""
@@ -85,6 +95,38 @@ class Hook:
 
     def on_exception(self, exc: BaseException) -> None:
         """``fit`` is ending with ``exc`` (pre-emption, an early stop, an error, an interrupt)."""
+
+
+class Algorithm(Hook):
+    """Changes the training state (e.g. re-estimates normalisation statistics); runs first, on every process."""
+
+    role = "algorithm"
+
+
+class Evaluator(Hook):
+    """Makes the run's result (``FitResult.report``, report files) for the loggers and callbacks after it."""
+
+    role = "evaluator"
+
+
+class Logger(Hook):
+    """Records the run (parameters, metrics, files, status); never changes it."""
+
+    role = "logger"
+
+
+class Callback(Hook):
+    """Observes the run and may end it (``should_stop``, an early stop); never changes the model."""
+
+    role = "callback"
+
+
+ROLES = ("algorithm", "evaluator", "logger", "callback")
+
+
+def in_role_order(hooks) -> list[Hook]:
+    """``hooks`` as ``fit`` calls them: by role (:data:`ROLES`), in the given order within a role."""
+    return sorted(hooks, key=lambda h: ROLES.index(h.role))
 
 
 def overrides(hook: Hook, event: str) -> bool:

@@ -24,7 +24,7 @@ from ..metric_names import DATA_WAIT, EPOCH_TIME, MEAN_SUBSET_ACC, WORST_SUBSET_
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .distributed import all_reduce_sum, any_rank, barrier, unwrap
 from .ema import WeightEMA
-from .hooks import FitResult, Hook, TrainingDiverged, TrainingPreempted, overrides
+from .hooks import FitResult, Hook, TrainingDiverged, TrainingPreempted, in_role_order, overrides
 from .resize import resize_batch
 from .strategies import Strategy
 
@@ -48,7 +48,7 @@ class FitSpec:
     every_steps: int = 0        # also checkpoint every this many optimiser steps within an epoch (0: epoch ends)
     channels_last: bool = False  # inputs in channels_last (the strategy converts the model)
     resolution: Callable[[int], int] | None = None  # epoch -> training resolution (progressive resizing)
-    hooks: Sequence[Hook] = field(default_factory=tuple)
+    hooks: Sequence[Hook] = field(default_factory=tuple)  # called by role (hooks.py), in this order within one
     val_subsets: Sequence[Subset] = ()  # also score these subsets every epoch (val_acc_<subset>, mean, worst)
     teacher: nn.Module | None = None  # distillation: it sees the full input, the student the subset
     distill_alpha: float = 0.5        # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
@@ -271,7 +271,7 @@ def fit(strategy: Strategy, train: DataSource, val: DataSource | None, scheduler
     each event (``hooks.py``); returns the :class:`FitResult` (``run_dir/model.pt``: plain fp32 weights,
     whatever the strategy). ``resume``: the client state of the checkpoint continued from (``step``,
     ``partial``, ``bad_steps``)."""
-    hooks = list(spec.hooks)
+    hooks = in_role_order(spec.hooks)
     main_hooks = hooks if strategy.is_main else []
     try:
         return _fit(strategy, train, val, scheduler, spec, start_epoch, resume or {}, hooks, main_hooks)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dynconv.choices import CLUSTERS
+
 
 def print_result(result: dict) -> None:
     from ..report import print_table
@@ -23,7 +25,7 @@ def print_result(result: dict) -> None:
 def add_resource_args(p: argparse.ArgumentParser) -> None:
     """Where and with what a job runs: shared by ``submit`` and ``sweep --on-slurm``."""
     g = p.add_argument_group("job resources (submitit)")
-    g.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+    g.add_argument("--cluster", choices=CLUSTERS, default=None,
                    help="default: slurm where sbatch is on PATH, else local processes")
     g.add_argument("--nodes", type=int, default=1)
     g.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from dynconv.choices import COMPARE_FORMATS
+
 NAME = "compare"
 
 
@@ -13,7 +15,7 @@ def add_parser(sub) -> None:
     cp.add_argument("--runs", nargs="+", default=None, metavar="RUN_ID")
     cp.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.model.norm = 'recalibrate'\"")
     cp.add_argument("--sort", default="worst_subset_acc")
-    cp.add_argument("--format", choices=("table", "markdown", "csv", "json"), default=None,
+    cp.add_argument("--format", choices=COMPARE_FORMATS, default=None,
                     help="default: table in a terminal, markdown in a pipe")
     cp.add_argument("--plot", default=None, help="write bars, accuracy-vs-MACs and learning curves (.png/.svg)")
     cp.add_argument("--baseline", default=None, help="run id (prefix) or name: adds Δ columns")

@@ -68,19 +68,20 @@ def init_stats(stem, subset: tuple[int, ...], size: int, preset: str) -> str:
 def run(a) -> int:
     from dynconv.channels import num_channels, parse_subset, subset_name, validate_channels
     from dynconv.flops import count_macs, count_params
-    from dynconv.models import create_model
+    from dynconv.models import create_model, resolve_model_kwargs
 
     all_channels = validate_channels(a.dataset_channels)
     subset = parse_subset(a.channels or all_channels, all_channels)
     import torch
 
     torch.manual_seed(0)  # the same starting weights (and --init-stats) every time
-    model = create_model(a.model, num_classes=a.classes, in_chans=num_channels(all_channels), stem_mode=a.stem_mode,
-                         stem=a.stem, stem_args=_stem_args(a.stem_arg), width=a.width)
+    kwargs = resolve_model_kwargs(a.model, num_classes=a.classes, in_chans=num_channels(all_channels),
+                                  stem_mode=a.stem_mode, stem=a.stem, stem_args=_stem_args(a.stem_arg), width=a.width)
+    model = create_model(a.model, **kwargs)
     macs = count_macs(model, num_channels(all_channels), a.size, subset)
     name = subset_name(subset, all_channels)
     print(f"{a.model} at {a.size}x{a.size}, channels {name}, {a.classes} classes: "
           f"{macs:,} MACs ({macs / 1e9:.3f} G), {count_params(model):,} parameters")
     if a.init_stats:
-        print(init_stats(model.conv1, subset, a.size, a.stem or "torchvision"))
+        print(init_stats(model.conv1, subset, a.size, kwargs["stem"]))
     return 0
