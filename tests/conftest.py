@@ -15,6 +15,25 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports fr
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+# Parallel runs (`make test`: pytest-xdist, --dist loadgroup): a module's tests stay on one worker, so a module
+# fixture (a trained checkpoint, a Ray instance, a sweep) is made once; every test of the local Slurm cluster
+# runs on one worker, which starts the cluster and stops it at its end. Groups start longest first (the order,
+# kept by --no-loadscope-reorder, only decides how evenly the workers finish; the seconds are a 2-core run's).
+GROUP_SECONDS = {"slurm": 410, "test_norm": 235, "test_deepspeed": 150, "test_sweeps": 150, "test_reliability": 125,
+                 "test_tracking_server": 95, "test_cli": 85, "test_mixture": 80, "test_ablation": 45, "test_ddp": 40}
+
+
+def _group(item) -> str:
+    return "slurm" if "slurm_cluster" in item.fixturenames else item.module.__name__
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=lambda item: -GROUP_SECONDS.get(_group(item), 0))  # stable: a module's order is kept
+
+
 @pytest.fixture(scope="module")
 def module_tmp(request, tmp_path_factory):
     """``tmp_path_factory.mktemp`` for module-scoped fixtures, whose folders are removed after the module when
