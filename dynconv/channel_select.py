@@ -27,10 +27,18 @@ def select_channels(x: torch.Tensor, subset: Subset, adaptive: bool, rescale: bo
     if len(subset) == x.shape[1]:
         return x
     if adaptive:
+        if _channels_last(x):  # gathered in NHWC order, the result is channels_last too (x[:, ids] is NCHW, which
+            # with one channel is also "channels_last-contiguous", so the model would run NCHW after its stem)
+            return x.permute(0, 2, 3, 1)[..., list(subset)].permute(0, 3, 1, 2)
         return x[:, list(subset)]
     mask = torch.zeros(1, x.shape[1], 1, 1, device=x.device, dtype=x.dtype)
     mask[:, list(subset)] = x.shape[1] / len(subset) if rescale else 1
     return x * mask
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
 
 
 def forward_subset(model: nn.Module, x: torch.Tensor, subset: Subset) -> torch.Tensor:

@@ -55,6 +55,11 @@ class DynamicConv2D(nn.Conv2d):
             weight = self.weight[:, ids]
         if self.rescale and len(ids) != self.in_channels:
             weight = weight * (self.in_channels / len(ids))
+        if weight is not self.weight and self.weight.is_contiguous(memory_format=torch.channels_last) \
+                and not self.weight.is_contiguous():
+            # a slice or gather of a channels_last weight is not channels_last itself (a view with gaps, or NCHW):
+            # given as it is, the convolution converts it, and may choose slower kernels (the model is channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
         return self._conv_forward(x, weight, self.bias)
 
     def extra_repr(self) -> str:
