@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dynconv-installed
 APT_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev
 DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
-# test processes (pytest-xdist): a module's tests, and all of the local Slurm cluster's, stay on one (conftest.py)
+# test processes (pytest-xdist): a module's tests, and all of the local Slurm cluster's, stay on one (tests/conftest.py)
 TEST_WORKERS ?= 2
 # pip warns about every missing entry of the machine's local package index; hide only that noise
 QUIET_PIP := sed -u -e '/is ignored: it is neither a file nor a directory/d'
@@ -42,7 +42,7 @@ demo: install
 	@$(VENV)/bin/dynconv demo --out $(DEMO_DIR)
 
 test: install
-	@rc=0; $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken"; exit 1; fi; \
 	exit $$rc
 

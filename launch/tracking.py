@@ -426,13 +426,14 @@ def settle_run(run_dir: Path, status: str, tags: dict[str, str], tags_if_open: d
 
 def run_params(cfg, model_kwargs: dict, stats: tuple, uri: str) -> dict:
     """The run's MLflow params: every config key as it ran, with what the config left unset resolved — the
-    model builder's arguments (its defaults included), the normalisation, the run's name and store. Keys still
-    unset mean "off" (e.g. ``train.res_start``) and are left out."""
+    model builder's arguments (its defaults included), the normalisation, the run's name and store. A value
+    still None means "off" or "not applicable" (``train.res_start``, ``model.switchable_stages``: every stage)
+    and is left out, as in the UI a "None" reads as a missing value; the checkpoint records it."""
     from .config import flatten
 
     params = {k: v for k, v in flatten(cfg).items() if not k.startswith("model.") and v not in (None, {})}
     params["model.name"] = cfg.model.name
-    params.update(flatten_mapping(model_kwargs, "model."))
+    params.update({k: v for k, v in flatten_mapping(model_kwargs, "model.").items() if v is not None})
     if stats[0] is not None:
         params["data.mean"], params["data.std"] = stats
     params["run.name"] = cfg.run.name or Path(cfg.run.dir).name

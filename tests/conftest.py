@@ -15,23 +15,36 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports fr
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-# Parallel runs (`make test`: pytest-xdist, --dist loadgroup): a module's tests stay on one worker, so a module
-# fixture (a trained checkpoint, a Ray instance, a sweep) is made once; every test of the local Slurm cluster
-# runs on one worker, which starts the cluster and stops it at its end. Groups start longest first (the order,
-# kept by --no-loadscope-reorder, only decides how evenly the workers finish; the seconds are a 2-core run's).
-GROUP_SECONDS = {"slurm": 410, "test_norm": 235, "test_deepspeed": 150, "test_sweeps": 150, "test_reliability": 125,
-                 "test_tracking_server": 95, "test_cli": 85, "test_mixture": 80, "test_ablation": 45, "test_ddp": 40}
+# Parallel runs (`make test`: pytest-xdist): a module's tests stay on one worker, so a module fixture (a trained
+# checkpoint, a Ray instance, a sweep) is made once; the tests of the local Slurm cluster (these modules) all run
+# on one worker, which starts the cluster and stops it at its end. Modules start longest first (the order only
+# decides how evenly the workers finish; the seconds are a 2-core run's).
+SLURM_MODULES = ("tests/test_multinode.py", "tests/test_slurm.py")
+GROUP_SECONDS = {"slurm": 410, "tests/test_norm.py": 235, "tests/test_deepspeed.py": 150, "tests/test_sweeps.py": 150,
+                 "tests/test_reliability.py": 125, "tests/test_tracking_server.py": 95, "tests/test_cli.py": 85,
+                 "tests/test_mixture.py": 80, "tests/test_ablation.py": 45, "tests/test_ddp.py": 40}
 
 
-def _group(item) -> str:
-    return "slurm" if "slurm_cluster" in item.fixturenames else item.module.__name__
+def test_group(nodeid: str) -> str:
+    """The unit of work of a test: its module, or ``slurm`` for the local cluster's modules."""
+    module = nodeid.split("::", 1)[0]
+    return "slurm" if module in SLURM_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):  # whole groups to a worker, in collection order (the sort below)
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    config.option.loadscopereorder = False
+    return ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=lambda item: -GROUP_SECONDS.get(_group(item), 0))  # stable: a module's order is kept
+    items.sort(key=lambda item: -GROUP_SECONDS.get(test_group(item.nodeid), 0))  # stable: a module's order is kept
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +94,12 @@ def textures_small(tmp_path_factory) -> Path:
     return root
 
 
+def _fixtures_of(session, module: str) -> set[str]:
+    return {f for item in session.items if item.nodeid.split("::")[0] == module for f in item.fixturenames}
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster():
+def slurm_cluster(request):
     """A real Slurm cluster on this machine (slurm/cluster/local-cluster.sh up --nodes 2: installs slurm-wlm,
     munge and MariaDB when missing): this host's node in partition ``debug`` (the default) and two compute
     hosts ``dcnode1``/``dcnode2``, each in its own network namespace, in partition ``multi``. Left running if it
@@ -91,6 +108,10 @@ def slurm_cluster():
 
     from slurm_helpers import CLUSTER_SCRIPT
 
+    requested_by = [m for m in {item.nodeid.split("::")[0] for item in request.session.items}
+                    if m not in SLURM_MODULES and "slurm_cluster" in _fixtures_of(request.session, m)]
+    if requested_by:  # parallel runs keep every user of the cluster on one worker: a module must be listed
+        pytest.fail(f"{requested_by[0]} uses the local Slurm cluster: add it to SLURM_MODULES in tests/conftest.py")
     was_up = subprocess.run(["bash", str(CLUSTER_SCRIPT), "status"], capture_output=True).returncode == 0
     r = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", "--nodes", "2"], capture_output=True, text=True, timeout=1200)
     if r.returncode != 0:

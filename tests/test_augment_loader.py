@@ -151,16 +151,16 @@ def test_train_cli_with_loader_side_augmentation(tiny_data, tmp_path, split):
 @pytest.mark.parametrize("where", ["auto", "device"])
 def test_on_a_cpu_auto_augments_and_normalises_in_the_loader(tiny_data, tmp_path, capsys, monkeypatch, where):
     """On the CPU the FFCV pipelines also normalise (as FFCV's recipe), unless augmenting on the "device"."""
-    from dynconv.launch import training
+    from dynconv.launch import training_data
 
-    normalized, build = [], training.build_source
+    normalized, build = [], training_data.build_source
 
     def spy(*args, **kwargs):
         source = build(*args, **kwargs)
         normalized.append(source.normalized)
         return source
 
-    monkeypatch.setattr(training, "build_source", spy)
+    monkeypatch.setattr(training_data, "build_source", spy)
     assert run_cli(*train_args(tiny_data, tmp_path / "run", "train.epochs=1", "tracking.enabled=false",
                                "eval.subsets=RGB", "train.device=cpu", f"data.augment.where={where}")) == 0
     assert normalized == [where == "auto"] * 2  # the training and validation .beton files
