@@ -270,6 +270,7 @@ if info.rank == 0:
     ddp, ds, single = result
     close = lambda a, b: all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
     print("ddp==single", close(ddp, single), "zero2==single", close(ds, single))
+torch.distributed.barrier()  # a rank that tears the group down while its peer still works can abort (std::terminate)
 torch.distributed.destroy_process_group()
 """
 

@@ -35,7 +35,9 @@ def reference_run(tiny_data, module_tmp):
     return torch.load(ref / "model.pt", weights_only=True)["model"]
 
 
-POINTS = [(1, 2), (1, 5), (1, 9), (2, 1), (2, 3), (2, 4), (2, 6), (2, 7), (2, 8), (2, 10)]
+# step 10 is an epoch's end; the last epoch's end is not a point: model.pt follows its checkpoint within
+# milliseconds, and a watcher that shares the CPU with other work cannot kill inside that window reliably
+POINTS = [(1, 2), (1, 5), (1, 9), (1, 10), (2, 1), (2, 3), (2, 4), (2, 6), (2, 7), (2, 8)]
 
 
 @pytest.mark.slow
