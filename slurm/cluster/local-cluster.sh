@@ -105,7 +105,8 @@ node_state() { local out; out=$(q sinfo -h -N -n "${1:-$HOST}" -o %t) || return 
 node_good() { [[ $(node_state "${1:-}") =~ ^(idle|mix|alloc|comp|plnd)$ ]]; }
 
 mem_mb() { awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo; }
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys those (a shell that set
+# OMP_NUM_THREADS=1 made a 1-CPU node whose per-CPU default memory no compute node could hold)
 MEM_TOTAL=$(mem_mb)
 HEADROOM=$(( MEM_TOTAL / 10 > 512 ? MEM_TOTAL / 10 : 512 ))   # leave 10 % (>= 512 MB) to the OS
 REAL_MEM=$(( MEM_TOTAL - HEADROOM ))
