@@ -11,7 +11,12 @@ Base distributions over the non-empty subsets (``kind``):
 * ``hierarchical`` — hierarchical channel sampling (ChannelViT's HCS, Bao et al., ICLR 2024): the subset
   size ``k`` uniform in ``1..C``, then a ``k``-subset uniformly, so every size is drawn equally often
   (``uniform_subsets`` draws the many mid-sized subsets more often than the full input);
-* ``weighted_subsets`` — ``weights[name]`` per subset name (e.g. ``{"RGB": 2, "R": 1}``; unnamed: 0).
+* ``weighted_subsets`` — ``weights[name]`` per subset name (e.g. ``{"RGB": 2, "R": 1}``; unnamed: 0);
+* ``sandwich`` — the sandwich rule of slimmable networks (Yu & Huang, ICCV 2019): every step sees
+  ``n_subsets`` passes of the same batch — the full input, one single channel (drawn) and ``n_subsets - 2``
+  distinct subsets drawn between those sizes (any other subsets when there are too few) — and one update
+  from their gradients. The step's loss is the weighted mean of its passes (the full input weighs
+  ``full_weight``, every other pass 1), so ``train.lr`` means what it means with one pass.
 
 Curricula (``curriculum``) start from full input and move to the base distribution over ``ramp_epochs``:
 ``P_e = (1 - a(e)) · δ_full + a(e) · P_base`` with ``a`` rising linearly, along a half cosine, or in
@@ -31,11 +36,16 @@ from .errors import DynconvError
 class ChannelDropout:
     def __init__(self, kind: str, num_channels: int, seed: int = 0, p: float = 0.5,
                  weights: dict[str, float] | None = None, curriculum: str = "none", ramp_epochs: int = 1,
-                 steps: int = 4, channels: str | None = None):
+                 steps: int = 4, channels: str | None = None, n_subsets: int = 4, full_weight: float = 1.0):
         check_choice(kind, DROPOUT_KINDS, "channel-dropout schedule")
         check_choice(curriculum, CURRICULA, "dropout curriculum")
         if not 0 <= p < 1:
             raise DynconvError(f"dropout.p must be in [0, 1), got {p}")
+        if kind == "sandwich" and (n_subsets < 2 or full_weight <= 0 or curriculum != "none"):
+            raise DynconvError("dropout.kind=sandwich needs dropout.n_subsets >= 2, dropout.full_weight > 0 and no "
+                               f"dropout.curriculum (got {n_subsets}, {full_weight}, {curriculum})")
+        self.n_passes = n_subsets if kind == "sandwich" else 1
+        self.full_weight = float(full_weight)
         self.kind, self.seed, self.p = kind, seed, p
         self.curriculum, self.ramp_epochs, self.steps = curriculum, max(1, ramp_epochs), max(1, steps)
         self.subsets = all_subsets(num_channels)
@@ -45,7 +55,7 @@ class ChannelDropout:
 
     def _base_probs(self, names: str, weights: dict[str, float]) -> np.ndarray:
         n = len(self.subsets)
-        if self.kind == "none":
+        if self.kind in ("none", "sandwich"):  # sandwich: passes() draws; one pass alone is the full input
             probs = np.eye(n)[0]
         elif self.kind == "uniform_subsets":
             probs = np.full(n, 1.0 / n)
@@ -84,7 +94,25 @@ class ChannelDropout:
         return (1 - a) * full + a * self.base
 
     def __call__(self, epoch: int, step: int) -> Subset:
-        if self.kind == "none":
+        """The subset of a one-pass step (``sandwich``: its first pass, the full input)."""
+        if self.kind in ("none", "sandwich"):
             return self.full
         rng = np.random.default_rng([self.seed, epoch, step])
         return self.subsets[int(rng.choice(len(self.subsets), p=self.probabilities(epoch)))]
+
+    def passes(self, epoch: int, step: int) -> list[tuple[Subset, float]]:
+        """The step's passes over its batch as (subset, loss weight), the weights summing to 1: one pass, or the
+        sandwich's ``n_passes`` (the full input first: in-place distillation teaches the others from it)."""
+        if self.kind != "sandwich":
+            return [(self(epoch, step), 1.0)]
+        rng = np.random.default_rng([self.seed, epoch, step])
+        smallest = min(len(s) for s in self.subsets)
+        singles = [s for s in self.subsets if len(s) == smallest and s != self.full]
+        chosen = [self.full] + ([singles[int(rng.integers(len(singles)))]] if singles else [])
+        middle = [s for s in self.subsets if s not in chosen and smallest < len(s) < len(self.full)]
+        want = self.n_passes - len(chosen)
+        chosen += [middle[i] for i in rng.choice(len(middle), size=min(want, len(middle)), replace=False)]
+        rest = [s for s in self.subsets if s != self.full] or [self.full]  # too few subsets: draws repeat
+        chosen += [rest[int(i)] for i in rng.integers(len(rest), size=self.n_passes - len(chosen))]
+        total = self.full_weight + self.n_passes - 1
+        return [(s, (self.full_weight if i == 0 else 1.0) / total) for i, s in enumerate(chosen)]

@@ -5,6 +5,9 @@ from __future__ import annotations
 # per epoch (the trainer)
 TRAIN_LOSS, TRAIN_ACC, VAL_ACC, LR, TRAIN_RES, EPOCH_TIME, DATA_WAIT = (
     "train_loss", "train_acc", "val_acc", "lr", "train_res", "epoch_time_s", "data_wait_s")
+# training compute per epoch: images x passes over them (a sandwich step makes n_subsets), forward MACs of those
+IMAGE_PASSES, TRAIN_MACS = "image_passes", "train_macs"
+TRAIN_SECONDS = "train_seconds"  # the epochs' wall time (validation included), summed over the run: in eval.json
 # summaries over the evaluated subsets
 MEAN_SUBSET_ACC, WORST_SUBSET_ACC, RGB_GAP = "mean_subset_acc", "worst_subset_acc", "rgb_gap"
 # an evaluation row's keys -> metric prefixes
@@ -27,14 +30,16 @@ def flat_metrics(subsets: dict[str, dict[str, float]], summary: dict[str, float]
 
 
 # ---- the names MLflow shows: grouped by prefix, the learning curves first -------------------------------
-CURVES, TIMING, SUBSET = "curves/", "time/", "subset/"
+CURVES, TIMING, SUBSET, COMPUTE = "curves/", "time/", "subset/", "compute/"
 _TIMING = {EPOCH_TIME: "epoch_s", DATA_WAIT: "data_wait_s", "calibration_time_s": "calibration_s",
            "calibration_images": "calibration_images"}
 
 
 def logged_name(key: str) -> str:
     """A per-epoch metric's MLflow name: ``train_loss`` -> ``curves/train_loss``, ``epoch_time_s`` ->
-    ``time/epoch_s`` (MLflow's charts group by the part before ``/``, alphabetically)."""
+    ``time/epoch_s``, ``train_macs`` -> ``compute/train_macs`` (MLflow's charts group by the part before ``/``, alphabetically)."""
+    if key in (IMAGE_PASSES, TRAIN_MACS):
+        return COMPUTE + key
     return TIMING + _TIMING[key] if key in _TIMING else CURVES + key
 
 

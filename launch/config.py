@@ -158,13 +158,22 @@ class ModelConfig(_Section):
     fill_rescale: bool | None = D(None, "plain models: scale the present channels by C/k (absent ones are zeros)")
     width: int | None = D(None, "channels of the first stage (default 64, the published networks; the stages "
                           "widen from it): smaller is quicker to try", ge=4, le=1024)
+    pretrained: str | None = D(None, "start a ResNet from torchvision's ImageNet weights (torchvision, cached in "
+                                     "$TORCH_HOME) or a state-dict FILE in torchvision's format (docs/models.md)")
+
+    @model_validator(mode="after")
+    def _pretrainable(self):
+        if self.pretrained is not None and not re.fullmatch(r"(dynamic_)?resnet(18|34)", self.name):
+            raise ValueError(f"model.pretrained starts a ResNet (resnet18/34, dynamic_resnet18/34) from torchvision's "
+                             f"weights; {self.name} has none: unset model.pretrained")
+        return self
 
     def builder_kwargs(self, in_chans: int) -> tuple[dict, dict]:
         """(every argument the model's builder is called with, defaults resolved: what the checkpoint and MLflow
         record; the keys set here that this model does not take, e.g. a stem_mode for a plain resnet18)."""
         from dynconv.models import model_options, resolve_model_kwargs
 
-        given = {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+        given = {k: v for k, v in self.model_dump(exclude={"name", "pretrained"}).items() if v is not None}
         accepted = model_options(self.name)
         ignored = {k: v for k, v in given.items() if k not in accepted}
         kwargs = {k: v for k, v in given.items() if k in accepted}
@@ -205,6 +214,9 @@ class TrainConfig(_Section):
     teacher: str | None = D(None, "distil from this checkpoint (it sees every channel, the student the subset)")
     distill_alpha: float = D(0.5, "weight of the soft-target loss (1 - alpha: the labels' cross-entropy)", ge=0, le=1)
     distill_temperature: float = D(2.0, "distillation temperature", gt=0)
+    inplace_distill: bool = D(False, "dropout.kind=sandwich: the subsets' passes learn from the full input's "
+                                     "predictions (detached; the full input from the labels), as US-Nets do")
+    inplace_temperature: float = D(1.0, "in-place distillation temperature", gt=0)
     ema_decay: float = D(0.0, "average the weights after every step, e.g. 0.999 (0: off)", ge=0, lt=1)
     ema_final: bool = D(True, "with ema_decay: evaluate the average and write it as model.pt")
 
@@ -236,6 +248,21 @@ class DropoutConfig(_Section):
     curriculum: Literal[*CURRICULA] = D("none", "move from full input to the distribution over ramp_epochs")
     ramp_epochs: int = D(1, "curriculum: epochs from full input to the distribution", ge=1)
     steps: int = D(4, "curriculum=step: number of steps", ge=1)
+    n_subsets: int = D(4, "kind=sandwich: passes per step (the full input, a single channel, n_subsets - 2 drawn)",
+                       ge=2)
+    full_weight: float = D(1.0, "kind=sandwich: the full input's loss weight (each other pass: 1)", gt=0)
+
+    @model_validator(mode="after")
+    def _sandwich(self):
+        if self.kind == "sandwich" and self.curriculum != "none":
+            raise ValueError(f"dropout.kind=sandwich sees the full input on every step: drop dropout.curriculum="
+                             f"{self.curriculum}")
+        return self
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes per micro-batch."""
+        return self.n_subsets if self.kind == "sandwich" else 1
 
 
 class EvalConfig(_Section):
@@ -294,6 +321,11 @@ class Config(_Section):
         if t.res_start is not None and max(t.res_start, end) > self.data.image_size:
             raise ValueError(f"train.res_start/res_end ({t.res_start}, {end}) must not exceed data.image_size="
                              f"{self.data.image_size}: batches are loaded at data.image_size and resized on the device")
+        if t.inplace_distill and self.dropout.kind != "sandwich":
+            raise ValueError("train.inplace_distill teaches the subsets from the full input of the same step: set "
+                             "dropout.kind=sandwich")
+        if t.inplace_distill and t.teacher is not None:
+            raise ValueError("train.inplace_distill and train.teacher both set the subsets' targets: choose one")
         given = sorted(k for k, v in self.deepspeed.model_dump().items() if v is not None)  # None: unset
         if given and t.strategy != "deepspeed":
             raise ValueError(f"deepspeed.{given[0]} is set but train.strategy={t.strategy}: "

@@ -79,6 +79,7 @@ class FinalEvaluation(Evaluator):
     def on_fit_end(self, result: FitResult) -> None:
         report = evaluate_model(result.module, self.manifest, self.source, self.subsets, self.device)
         report["checkpoint"] = str(result.final_checkpoint)
+        report["training"] = {"epochs": result.epochs, **result.compute}  # its compute: recipes compare at equal compute
         run_dir = result.final_checkpoint.parent
         result.report = report
         rows = report["subsets"]

@@ -55,6 +55,8 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                          + f" do(es) not apply to {cfg.model.name} and are ignored")
             model = create_model(cfg.model.name, **model_kwargs).to(device)
             found = _resume_checkpoint(cfg, run_dir)
+            if cfg.model.pretrained and found is None:  # a resumed run has its own weights
+                _start_pretrained(model, cfg.model.pretrained, data.channels, dist)
             done = _finished(found, run_dir, cfg.train.epochs)
             if done is not None:
                 return _already_finished(cfg, done, dist, stack, tags)
@@ -62,6 +64,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
                 stack.enter_context(RunLock(run_dir))
                 atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
         barrier()  # every process has checked run.dir before the main one writes to it
+        macs = subset_macs(model, data, cfg.data.image_size)  # before a strategy wraps, compiles or shards it
         scheduler, ema = _optimisation(cfg, model, strategy, data)
         start_epoch, resume = _resume(found, strategy, scheduler, ema, dist)
         every_epoch = data.score_every_epoch()
@@ -83,13 +86,33 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             channels=data.channels, channels_last=t.channels_last, every_steps=t.every_steps,
             resolution=_resolution_schedule(cfg), ema=ema, ship_ema=ema is not None and t.ema_final,
             teacher=load_teacher(t.teacher, manifest, device) if t.teacher else None,
-            distill_alpha=t.distill_alpha, distill_temperature=t.distill_temperature)
+            distill_alpha=t.distill_alpha, distill_temperature=t.distill_temperature,
+            inplace_distill=t.inplace_distill, inplace_temperature=t.inplace_temperature,
+            subset_macs=macs)
         result = fit(strategy, data.train, data.val, scheduler, spec, start_epoch=start_epoch, resume=resume)
         summary = {"run_dir": str(run_dir), "checkpoint": str(result.final_checkpoint), "report": result.report,
                    "run_id": tracker.run_id if tracker else None, "tracking_uri": tracker.uri if tracker else None}
         if not dist.is_main:
             summary["rank"] = dist.rank
         return summary
+
+
+def _start_pretrained(model: torch.nn.Module, source: str, channels: str, dist: DistInfo) -> None:
+    from dynconv.models.pretrained import start_from
+
+    kept = start_from(model, source, channels)
+    if dist.is_main:
+        log.info(f"started from pretrained weights {source} (first convolution mapped onto {channels} by name"
+                 + (f"; {', '.join(kept)} newly initialised: other classes)" if kept else ")"))
+
+
+def subset_macs(model: torch.nn.Module, data: TrainingData, image_size: int) -> dict:
+    """Forward MACs per image of every subset training can draw (a mixture: each dataset's, as the model's)."""
+    from dynconv.flops import count_macs
+
+    n = num_channels(data.channels)
+    drawn = [p.to_model(s) for p in data.parts for s in all_subsets(len(p.positions))] if data.parts else all_subsets(n)
+    return {s: count_macs(model, n, image_size, s) for s in dict.fromkeys(drawn)}
 
 
 def seed_everything(seed: int) -> None:
@@ -109,7 +132,8 @@ def _processes(cfg: Config) -> tuple[torch.device, DistInfo, Strategy]:
     if device.type == "cuda" and name != "single":
         device = torch.device("cuda", dist.local_rank)
     strategy = build_strategy(name, device, dist, precision=t.precision, grad_accum_steps=t.grad_accum_steps,
-                              grad_clip=t.grad_clip, global_batch=t.batch_size, options=_deepspeed_options(cfg, name))
+                              grad_clip=t.grad_clip, global_batch=t.batch_size, options=_deepspeed_options(cfg, name),
+                              passes=cfg.dropout.passes)
     return device, dist, strategy
 
 
@@ -146,8 +170,9 @@ def _optimisation(cfg: Config, model: torch.nn.Module, strategy: Strategy, data:
                  f"on {'the CPU' if strategy.device.type == 'cpu' else strategy.device.type})")
     if strategy.is_main and (strategy.name != "single" or t.grad_accum_steps > 1):
         per = check_global_batch(t.batch_size, strategy.dist.world, t.grad_accum_steps)
+        passes = f" x {cfg.dropout.passes} passes (dropout.kind=sandwich)" if cfg.dropout.passes > 1 else ""
         log.info(f"{strategy.describe()}, {per} images per process per micro-step, {t.grad_accum_steps} "
-                 "micro-step(s) per optimiser step")
+                 f"micro-step(s){passes} per optimiser step")
     return scheduler, ema
 
 
@@ -188,7 +213,8 @@ def _resume(found, strategy: Strategy, scheduler, ema: WeightEMA | None, dist: D
     start_epoch = int(state["epoch"])
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
-    resume = {k: state[k] for k in ("step", "partial", "bad_steps", "epoch_metrics") if state.get(k) is not None}
+    resume = {k: state[k] for k in ("step", "partial", "bad_steps", "epoch_metrics", "compute")
+              if state.get(k) is not None}
     if dist.is_main:
         where = f"epoch {start_epoch + 1} step {resume['step']}" if "step" in resume else f"epoch {start_epoch + 1}"
         log.info(f"resuming at {where} from {found[0]}")

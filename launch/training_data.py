@@ -170,4 +170,5 @@ class TrainingData:
 def _dropout(cfg: Config, names: str, weights: dict) -> ChannelDropout:
     o = cfg.dropout
     return ChannelDropout(o.kind, num_channels(names), seed=cfg.train.seed, p=o.p, weights=weights,
-                          curriculum=o.curriculum, ramp_epochs=o.ramp_epochs, steps=o.steps, channels=names)
+                          curriculum=o.curriculum, ramp_epochs=o.ramp_epochs, steps=o.steps, channels=names,
+                          n_subsets=o.n_subsets, full_weight=o.full_weight)

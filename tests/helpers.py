@@ -93,9 +93,9 @@ def fit_spec(run_dir: Path, epochs: int, **kw):
     from dynconv.dropout import ChannelDropout
     from dynconv.train import FitSpec
 
+    kw.setdefault("dropout", ChannelDropout("none", 3))
     return FitSpec(epochs=epochs, device=CPU, train_transform=lambda x, e, s: x.float() / 255,
-                   eval_transform=lambda x: x.float() / 255, dropout=ChannelDropout("none", 3), run_dir=run_dir,
-                   manifest={"format_version": 1}, **kw)
+                   eval_transform=lambda x: x.float() / 255, run_dir=run_dir, manifest={"format_version": 1}, **kw)
 
 
 def stop_after(polls, n: int):

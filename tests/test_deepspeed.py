@@ -200,28 +200,34 @@ ACCUMULATION_CHECK = r"""
 import sys, torch
 from pathlib import Path
 from dynconv.data.loaders import DataSource
+from dynconv.dropout import ChannelDropout
 from dynconv.train.distributed import init_distributed
 from dynconv.train.loop import train_one_epoch
 from dynconv.train.strategies import DeepSpeedOptions, build_strategy
 from helpers import Tiny, fit_spec, make_batches
 
 info, out = init_distributed(False, always=True), []
-for name, k, bad in (("single", 1, ()), ("deepspeed", 2, ()), ("single", 2, ()), ("deepspeed", 2, (1, 6))):
+for name, k, bad, passes in (("single", 1, (), 1), ("deepspeed", 2, (), 1), ("single", 2, (), 1),
+                             ("deepspeed", 2, (1, 6), 1), ("single", 1, (), 3), ("deepspeed", 2, (), 3),
+                             ("deepspeed", 2, (1, 6), 3)):
     torch.manual_seed(0)
     model = Tiny(norm=False)
-    strategy = build_strategy(name, torch.device("cpu"), info, grad_accum_steps=k, global_batch=8,
+    strategy = build_strategy(name, torch.device("cpu"), info, grad_accum_steps=k, global_batch=8, passes=passes,
                               options=DeepSpeedOptions(zero_stage=2) if name == "deepspeed" else None)
     strategy.setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    spec = fit_spec(Path(sys.argv[1]), 1, max_bad_steps=5)
+    dropout = ChannelDropout("sandwich", 3, seed=4, n_subsets=3) if passes > 1 else ChannelDropout("none", 3)
+    spec = fit_spec(Path(sys.argv[1]), 1, max_bad_steps=5, dropout=dropout)
     spec.train_transform = lambda x, e, s: x.float() / 255 * (float("nan") if s in bad else 1.0)
     data = make_batches(8) if k == 2 else [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
                                       for a, b in zip(make_batches(8)[::2], make_batches(8)[1::2])]
     train_one_epoch(strategy, DataSource(data, None, 32, "memory"), spec, 1)
     out.append((model.state_dict(), spec.bad_steps, getattr(getattr(strategy, "engine", None), "global_steps", None)))
-(ref, _, _), (ds, _, ds_updates), (acc, _, _), (skipped, bad_steps, updates) = out
+(ref, _, _), (ds, _, ds_updates), (acc, _, _), (skipped, bad_steps, updates), *sandwich = out
 close = lambda a, b: all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
 print("ds==single", close(ref, ds), "accumulated==single", close(ref, acc), "updates", ds_updates, updates,
       "bad", bad_steps, "skipped differs", not close(ref, skipped))
+(one, _, _), (ds3, _, ds3_updates), (skipped3, bad3, updates3) = sandwich
+print("sandwich ds==single", close(one, ds3), "updates", ds3_updates, updates3, "bad", bad3)
 """
 
 
@@ -229,11 +235,13 @@ print("ds==single", close(ref, ds), "accumulated==single", close(ref, acc), "upd
 def test_deepspeed_accumulation_matches_one_big_batch_and_survives_non_finite_micro_batches(tmp_path):
     """ZeRO-2 with 2 micro-batches of 4 = one batch of 8 (no BatchNorm: exact up to rounding); a non-finite
     micro-batch (the second of step 0: the update uses the first; the first of step 3: step skipped) is
-    skipped without upsetting DeepSpeed's micro-step count."""
+    skipped without upsetting DeepSpeed's micro-step count; the same with 3 sandwich passes per micro-batch (each
+    one of DeepSpeed's micro-steps)."""
     proc = subprocess.run([sys.executable, "-c", ACCUMULATION_CHECK, str(tmp_path)], capture_output=True, text=True,
                           timeout=300, env=SCRIPT_ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ds==single True accumulated==single True updates 4 3 bad 2 skipped differs True" in proc.stdout, proc.stdout
+    assert "sandwich ds==single True updates 4 3 bad 2" in proc.stdout, proc.stdout
 
 
 def test_cli_accepts_the_deepspeed_launchers_local_rank():
@@ -252,24 +260,29 @@ from dynconv.train.loop import train_one_epoch
 from dynconv.train.strategies import DeepSpeedOptions, build_strategy
 from helpers import Tiny, fit_spec, make_batches
 
+from dynconv.dropout import ChannelDropout
+
 info = init_distributed(False, always=True)
 data = make_batches(8)  # 4 steps x 2 micro-batches x 4 images, globally
 mine = [(x[2 * info.rank:2 * info.rank + 2], y[2 * info.rank:2 * info.rank + 2]) for x, y in data]
 result = []
-for name in ("ddp", "deepspeed", "single"):  # single: on both processes (its metrics are all-reduced)
-    torch.manual_seed(0)
+for name, passes in (("ddp", 1), ("deepspeed", 1), ("single", 1), ("ddp", 3), ("deepspeed", 3), ("single", 3)):
+    torch.manual_seed(0)  # single: on both processes (its metrics are all-reduced)
     model = Tiny(norm=False)
     k, batches = (2, mine) if name != "single" else (1, [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
                                                          for a, b in zip(data[::2], data[1::2])])
     strategy = build_strategy(name, torch.device("cpu"), info if name != "single" else type(info)(), grad_accum_steps=k,
-                              global_batch=8, options=DeepSpeedOptions(zero_stage=2) if name == "deepspeed" else None)
+                              global_batch=8, options=DeepSpeedOptions(zero_stage=2) if name == "deepspeed" else None,
+                              passes=passes)
     strategy.setup(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    train_one_epoch(strategy, DataSource(batches, None, 32, "memory"), fit_spec(Path(sys.argv[1]), 1), 1)
+    dropout = ChannelDropout("sandwich", 3, seed=4, n_subsets=3) if passes > 1 else ChannelDropout("none", 3)
+    train_one_epoch(strategy, DataSource(batches, None, 32, "memory"), fit_spec(Path(sys.argv[1]), 1, dropout=dropout), 1)
     result.append(model.state_dict())
 if info.rank == 0:
-    ddp, ds, single = result
+    ddp, ds, single, ddp3, ds3, single3 = result
     close = lambda a, b: all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
     print("ddp==single", close(ddp, single), "zero2==single", close(ds, single))
+    print("sandwich ddp==single", close(ddp3, single3), "zero2==single", close(ds3, single3))
 torch.distributed.barrier()  # a rank that tears the group down while its peer still works can abort (std::terminate)
 torch.distributed.destroy_process_group()
 """
@@ -278,7 +291,8 @@ torch.distributed.destroy_process_group()
 @pytest.mark.slow
 def test_two_process_accumulation_with_ddp_and_zero2_equals_one_batch(tmp_path):
     """2 processes x 2 micro-batches of 2 images = one batch of 8 (no BatchNorm: exact up to rounding):
-    DDP's no_sync on the first micro-step and DeepSpeed's accumulation boundary both reduce correctly."""
+    DDP's no_sync on the first micro-step and DeepSpeed's accumulation boundary both reduce correctly; with 3
+    sandwich passes per micro-batch too (DDP syncs on the step's last pass only)."""
     script = tmp_path / "check.py"
     script.write_text(TWO_PROCESS_ACCUMULATION)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -286,6 +300,7 @@ def test_two_process_accumulation_with_ddp_and_zero2_equals_one_batch(tmp_path):
                           env=SCRIPT_ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ddp==single True zero2==single True" in proc.stdout, proc.stdout
+    assert "sandwich ddp==single True zero2==single True" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow

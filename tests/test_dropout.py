@@ -84,3 +84,21 @@ def test_hierarchical_sampling_draws_every_subset_size_equally_often():
     five = ChannelDropout("hierarchical", 5)
     by_size = {k: sum(p for s, p in zip(five.subsets, five.probabilities(1)) if len(s) == k) for k in range(1, 6)}
     assert all(v == pytest.approx(0.2) for v in by_size.values())
+
+
+def test_sandwich_passes_are_the_full_input_a_single_channel_and_distinct_draws():
+    d = ChannelDropout("sandwich", 3, seed=2, n_subsets=4, full_weight=2.0)
+    seen = set()
+    for step in range(200):
+        passes = d.passes(1, step)
+        subsets = [s for s, _ in passes]
+        assert subsets[0] == (0, 1, 2) and len(subsets[1]) == 1 and len(set(subsets)) == 4
+        assert [w for _, w in passes] == pytest.approx([0.4, 0.2, 0.2, 0.2])
+        assert passes == d.passes(1, step)  # a function of (seed, epoch, step)
+        seen.update(subsets)
+    assert seen == set(SUBSETS)  # every subset is drawn
+    assert d(1, 0) == (0, 1, 2) and d.n_passes == 4
+    assert [s for s, _ in ChannelDropout("sandwich", 1, n_subsets=3).passes(1, 0)] == [(0,)] * 3  # too few: repeats
+    assert ChannelDropout("uniform_subsets", 3).n_passes == 1
+    with pytest.raises(DynconvError, match="sandwich needs"):
+        ChannelDropout("sandwich", 3, curriculum="linear")

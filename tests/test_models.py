@@ -342,3 +342,84 @@ def test_a_channels_last_model_stays_channels_last_on_every_subset(subset):
         logits = forward_subset(model, x.contiguous(memory_format=torch.channels_last), subset)
         assert seen["out"].is_contiguous(memory_format=torch.channels_last) and seen["out"].stride()[1] == 1, mode
         torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def _torchvision_resnet18(num_classes: int = 10) -> tuple[nn.Module, dict]:
+    """A torchvision resnet18 with non-trivial weights and running statistics, and its state dict (the format of
+    torchvision's published weights), made here: no download."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    tv = resnet18(num_classes=num_classes)
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return tv.eval(), tv.state_dict()
+
+
+@pytest.mark.parametrize("mode, norm, args, exact", [
+    ("slice", "recalibrate", None, True), ("prefix", "shared", None, True), ("target", "switchable", None, True),
+    ("template_mixing", "shared", None, False), ("hypernet", "shared", None, False)])
+def test_a_pretrained_dynamic_resnet_given_rgb_computes_the_pretrained_logits(mode, norm, args, exact):
+    from dynconv.models.pretrained import load_pretrained
+
+    tv, state = _torchvision_resnet18()
+    model = create_model("dynamic_resnet18", num_classes=10, stem_mode=mode, norm=norm, stem_args=args).eval()
+    assert load_pretrained(model, state, "RGB") == []
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = tv(x), forward_subset(model, x, (0, 1, 2))
+    if exact:
+        assert torch.equal(expected, got)
+    else:  # generated filters: W rebuilt from a factorisation, equal to float rounding
+        assert torch.allclose(expected, got, rtol=1e-4, atol=1e-4)
+    if mode != "prefix":  # a subset sees the pretrained filters of its channels
+        with torch.no_grad():
+            g_only = tv.conv1.weight[:, [1]].clone()
+            tv.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+            tv.conv1.weight.copy_(g_only)
+            assert torch.allclose(forward_subset(model, x, (1,)), tv(x[:, [1]]), rtol=1e-4, atol=1e-4)
+
+
+def test_pretrained_weights_map_channels_by_name_and_keep_a_new_head():
+    from dynconv.models.pretrained import by_channel_name, load_pretrained
+
+    _, state = _torchvision_resnet18(num_classes=1000)
+    w = state["conv1.weight"]
+    mapped = by_channel_name(w, "BGRU")
+    assert torch.equal(mapped[:, 0], w[:, 2]) and torch.equal(mapped[:, 2], w[:, 0])
+    assert torch.allclose(mapped[:, 3], w.mean(1))
+    model = create_model("dynamic_resnet18", num_classes=7, in_chans=4, stem_mode="slice")
+    head = model.fc.weight.clone()
+    assert load_pretrained(model, state, "BGRU") == ["fc"]  # 1000 ImageNet classes, 7 here: a fresh head
+    assert torch.equal(model.fc.weight, head) and torch.equal(model.conv1.weight, mapped)
+    assert torch.equal(model.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+
+
+def test_a_pretrained_depthwise_stem_is_the_pretrained_conv_then_its_instance_norm():
+    from dynconv.models.pretrained import load_pretrained
+
+    _, state = _torchvision_resnet18()
+    model = create_model("dynamic_resnet18", num_classes=10, stem_mode="depthwise").eval()
+    load_pretrained(model, state, "RGB")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        conv = F.conv2d(x, state["conv1.weight"], stride=2, padding=3)
+        assert torch.allclose(model.conv1(x, (0, 1, 2)), model.conv1.norm(conv), atol=1e-5)
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("missing.pt", "no such file"), ("notresnet.pt", "has no conv1.weight"), ("narrow.pt", "use model.width=64")])
+def test_bad_pretrained_weights_are_one_line_errors(tmp_path, source, fragment):
+    from dynconv.errors import DynconvError
+    from dynconv.models.pretrained import load_pretrained, pretrained_state_dict
+
+    torch.save({"a": torch.zeros(1)}, tmp_path / "notresnet.pt")
+    torch.save(create_model("resnet18", num_classes=10, width=16).state_dict(), tmp_path / "narrow.pt")
+    with pytest.raises(DynconvError, match=fragment):
+        load_pretrained(create_model("dynamic_resnet18", num_classes=10),
+                        pretrained_state_dict(str(tmp_path / source), "resnet18"), "RGB")

@@ -179,6 +179,12 @@ def test_compile_trains_a_step_and_keeps_plain_weight_names(tmp_path):
     (["train.res_ramp_epochs=3"], {}, "need train.res_start"),
     (["train.batch_size=30", "train.grad_accum_steps=4"], {}, "divisible by processes x train.grad_accum_steps"),
     (["train.scheduler=onecycle", "train.warmup_epochs=1"], {}, "has its own warm-up"),
+    (["train.inplace_distill=true"], {}, "set dropout.kind=sandwich"),
+    (["dropout.kind=sandwich", "dropout.curriculum=linear"], {}, "sees the full input on every step"),
+    (["dropout.kind=sandwich", "train.inplace_distill=true", "train.teacher=x.pt"], {}, "choose one"),
+    (["dropout.kind=sandwich", "dropout.n_subsets=1"], {}, "dropout.n_subsets"),
+    (["model.pretrained=nowhere.pt"], {}, "model.pretrained=nowhere.pt: no such file"),
+    (["model.name=ran2", "model.pretrained=torchvision"], {}, "model.pretrained starts a ResNet"),
 ])
 def test_bad_training_keys_are_one_line_errors(tiny_data, tmp_path, capsys, monkeypatch, extra, env, fragment):
     for key, value in env.items():
@@ -263,3 +269,112 @@ def test_distillation_loss_is_the_soft_target_kl(tmp_path):
     with torch.no_grad():
         logits = torch.cat([model(x.float() / 255) for x, _ in batches])
     assert metrics["train_loss"] == pytest.approx(distillation(logits, Fixed()(logits), 1.0).item(), rel=1e-5)
+
+
+def _zero_filled_passes(x: torch.Tensor, passes) -> torch.Tensor:
+    from dynconv.channel_select import select_channels
+
+    return torch.cat([select_channels(x, s, adaptive=False) for s, _ in passes])
+
+
+def test_a_sandwich_step_is_one_step_on_its_passes_side_by_side(tmp_path):
+    """dropout.kind=sandwich: the passes' gradients, weighted equally, are one batch of the passes side by side
+    (no BatchNorm: exact up to rounding); the epoch counts images x passes as its compute."""
+    from dynconv.dropout import ChannelDropout
+
+    sandwich = ChannelDropout("sandwich", 3, seed=3, n_subsets=4)
+    batches = make_batches(3, batch=4)
+    stacked = [(_zero_filled_passes(x.float() / 255, sandwich.passes(1, step)), y.repeat(4))
+               for step, (x, y) in enumerate(batches)]
+    results = []
+    for data, dropout, transform in ((batches, sandwich, None), (stacked, ChannelDropout("none", 3), lambda x, e, s: x)):
+        torch.manual_seed(0)
+        model = Tiny(norm=False)
+        strategy, _ = _setup(model)
+        spec = fit_spec(tmp_path, 1, dropout=dropout, subset_macs={s: 10.0 for s in sandwich.subsets})
+        if transform is not None:
+            spec.train_transform = transform
+        results.append((model.state_dict(), train_one_epoch(strategy, DataSource(data, None, 12, "memory"), spec, 1)))
+    (a, ma), (b, mb) = results
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert ma["train_loss"] == pytest.approx(mb["train_loss"], rel=1e-5)
+    assert (ma["image_passes"], mb["image_passes"]) == (48, 48)
+    assert (ma["train_macs"], mb["train_macs"]) == (480, 480)
+
+
+def test_in_place_distillation_teaches_the_subsets_from_the_full_inputs_detached_predictions(tmp_path):
+    """train.inplace_distill: the full input learns from the labels, each other pass from the full input's
+    predictions of the same step (no gradient through them), weighted as the sandwich weighs its passes."""
+    from dynconv.channel_select import select_channels
+    from dynconv.dropout import ChannelDropout
+    from dynconv.train.loop import distillation
+
+    dropout = ChannelDropout("sandwich", 3, seed=5, n_subsets=3, full_weight=2.0)
+    (x, y), = make_batches(1, batch=6)
+    torch.manual_seed(0)
+    model = Tiny(norm=False)
+    expected = Tiny(norm=False)
+    expected.load_state_dict(model.state_dict())
+    passes = dropout.passes(1, 0)
+    assert [w for _, w in passes] == pytest.approx([0.5, 0.25, 0.25])
+    full = expected(x.float() / 255)
+    loss = passes[0][1] * nn.functional.cross_entropy(full, y) + sum(
+        w * distillation(expected(select_channels(x.float() / 255, s, adaptive=False)), full.detach(), 3.0)
+        for s, w in passes[1:])
+    loss.backward()
+    strategy, _ = _setup(model, lr=0.1)
+    spec = fit_spec(tmp_path, 1, dropout=dropout, inplace_distill=True, inplace_temperature=3.0)
+    metrics = train_one_epoch(strategy, DataSource([(x, y)], None, 6, "memory"), spec, 1)
+    assert metrics["train_loss"] == pytest.approx(loss.item(), rel=1e-5)
+    for (name, p), q in zip(expected.named_parameters(), model.parameters()):  # SGD, momentum 0.9: first step = -lr*g
+        assert torch.allclose(p.detach() - 0.1 * p.grad, q.detach(), atol=1e-6), name
+
+
+def test_a_sandwich_run_stopped_mid_epoch_resumes_bitwise(tmp_path):
+    """The sandwich's draws depend on (seed, epoch, step) only: stopped after 3 steps and resumed, the weights
+    are bitwise those of an uninterrupted run (BatchNorm and in-place distillation included)."""
+    from dynconv.dropout import ChannelDropout
+    from dynconv.train.optim import build_scheduler
+
+    def run(run_dir, hooks=(), resume_from=None):
+        torch.manual_seed(0)
+        model = Tiny()
+        strategy, opt = _setup(model)
+        scheduler = build_scheduler(opt, "cosine", 2, 0, 1, 0.1, 4, 0.3)
+        spec = fit_spec(run_dir, 2, dropout=ChannelDropout("sandwich", 3, seed=1, n_subsets=3), hooks=list(hooks),
+                        inplace_distill=True, every_steps=1)
+        start, state = 0, None
+        if resume_from is not None:
+            state = strategy.load(resume_from)
+            scheduler.load_state_dict(state["scheduler"])
+            start = state["epoch"]
+        fit(strategy, DataSource(make_batches(4), None, 16, "memory"), None, scheduler, spec, start_epoch=start,
+            resume=state)
+        return model.state_dict()
+
+    reference = run(tmp_path / "a")
+    with pytest.raises(TrainingPreempted) as stopped:
+        run(tmp_path / "b", hooks=[stop_after(iter(range(100)), 3)])
+    resumed = run(tmp_path / "b", resume_from=stopped.value.checkpoint)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_a_run_starts_from_pretrained_weights_in_torchvisions_format(tiny_data, tmp_path, capsys):
+    """model.pretrained=FILE: a plain resnet18's state dict (torchvision's names) starts a slice-stem dynamic
+    ResNet: its backbone and first filters are the file's (checked after an epoch at a vanishing rate), the head
+    of other classes is new; the run says so."""
+    from dynconv.models import create_model
+    from helpers import TEST_WIDTH
+
+    torch.manual_seed(1)
+    source = create_model("resnet18", num_classes=7, width=TEST_WIDTH).state_dict()  # 7 classes: the run has 4
+    torch.save(source, tmp_path / "pretrained.pt")
+    assert run_cli(*train_args(tiny_data, tmp_path / "run", "tracking.enabled=false", "train.epochs=1",
+                               "train.lr=1e-9", "train.warmup_epochs=0", "model.stem_mode=slice",
+                               f"model.pretrained={tmp_path / 'pretrained.pt'}")) == 0
+    out = capsys.readouterr()
+    assert "started from pretrained weights" in out.out + out.err
+    trained = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
+    for key in ("conv1.weight", "layer2.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert torch.allclose(trained[key], source[key], atol=1e-6), key
+    assert trained["fc.weight"].shape == (4, source["fc.weight"].shape[1])

@@ -20,7 +20,7 @@ class ResNet(SubsetModel):
                  stem_rescale: bool, norm: str = "shared", switchable_stages: int | None = None,
                  switchable_affine: bool = False, stem_args: dict | None = None, width: int = 64):
         super().__init__()
-        self.in_chans = in_chans
+        self.in_chans, self.arch = in_chans, arch
         tv = getattr(tvm, arch)(weights=None, num_classes=num_classes)
         if width != 64:
             _narrow(tv, width)

@@ -65,6 +65,7 @@ class FitResult:
     last_metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
     report: dict | None = None      # the final per-subset evaluation, once a hook has made it
     files: list[Path] = field(default_factory=list)  # report files written by hooks (logged as artifacts)
+    compute: dict[str, float] = field(default_factory=dict)  # training compute: image_passes, train_macs (forward)
 
 
 class Hook:

@@ -20,7 +20,8 @@ from ..data.mixture import MixturePart
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
 from ..evaluate import predict_subsets, subset_accuracies
-from ..metric_names import DATA_WAIT, EPOCH_TIME, MEAN_SUBSET_ACC, WORST_SUBSET_ACC, metric_name
+from ..metric_names import (DATA_WAIT, EPOCH_TIME, IMAGE_PASSES, MEAN_SUBSET_ACC, TRAIN_MACS, TRAIN_SECONDS,
+                            WORST_SUBSET_ACC, metric_name)
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .distributed import all_reduce_sum, any_rank, barrier, unwrap
 from .ema import WeightEMA
@@ -53,6 +54,9 @@ class FitSpec:
     teacher: nn.Module | None = None  # distillation: it sees the full input, the student the subset
     distill_alpha: float = 0.5        # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
     distill_temperature: float = 2.0
+    inplace_distill: bool = False     # a sandwich's other passes learn from its first (full input) pass's predictions
+    inplace_temperature: float = 1.0
+    subset_macs: dict | None = None   # forward MACs per image of each subset: the epoch's training compute (train_macs)
     ema: WeightEMA | None = None      # an average of the weights, updated after every optimiser step
     ship_ema: bool = False            # evaluate the average and write it as model.pt
     channels: str = "RGB"        # the dataset's channel names (for the per-subset metric names)
@@ -72,6 +76,60 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     t = temperature
     return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
                     reduction="batchmean") * t * t
+
+
+PARTIAL_KEYS = ("loss_sum", "correct", "seen", "image_passes", "macs")  # an epoch's sums, kept in mid-epoch checkpoints
+
+
+def _micro_batch(strategy: Strategy, spec: FitSpec, x: torch.Tensor, y: torch.Tensor,
+                 passes: Sequence[tuple[Subset, float]], final: bool, done: int, acc: torch.Tensor,
+                 nonfinite: torch.Tensor | None, where: str) -> torch.Tensor | None:
+    """Forward and backward of one micro-batch, once per pass (subset, loss weight); adds to ``acc`` (loss, correct
+    and images weighted by pass, image passes, MACs). ``done``: micro-steps of this optimiser step before it.
+    Returns the micro-batch's loss (weighted over passes), or None after a non-finite one (the step dropped).
+    ``nonfinite``: where to count non-finite losses when they are not checked at once (None: check each)."""
+    model, n = strategy.model, y.shape[0]
+    target = None
+    if spec.teacher is not None:
+        with torch.no_grad(), strategy.autocast():
+            target = spec.teacher(x).float()  # every channel
+    total = x.new_zeros((), dtype=torch.float32)
+    full = None  # the first (full input) pass's detached logits: the others' targets under in-place distillation
+    for i, (subset, weight) in enumerate(passes):
+        with strategy.micro_step(final=final and i == len(passes) - 1):
+            with strategy.autocast():
+                logits = forward_subset(model, x, subset).float()
+            if full is not None:  # the sandwich's other passes learn from the full input's
+                loss = distillation(logits, full, spec.inplace_temperature)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
+                if target is not None:
+                    loss = (1 - spec.distill_alpha) * loss + spec.distill_alpha * distillation(
+                        logits, target, spec.distill_temperature)
+            if i == 0 and spec.inplace_distill:
+                full = logits.detach()
+            # Checking the loss needs a host sync. Where skipping is allowed, or on the CPU (where a sync is free),
+            # check every pass (all processes decide together); otherwise count, checked at the periodic read-out.
+            if nonfinite is None and any_rank(not torch.isfinite(loss), spec.device):
+                spec.bad_steps += 1
+                where = f"{where} (channels {subset}, {n} images)"
+                if spec.bad_steps > spec.max_bad_steps:
+                    _diverged(spec, f"the loss was {loss.item()} at {where}")
+                if strategy.is_main:
+                    log.info(f"skipped a non-finite loss ({loss.item()}) at {where} "
+                             f"[{spec.bad_steps}/{spec.max_bad_steps}]")
+                strategy.discard(done + i)
+                return None
+            if nonfinite is not None:
+                nonfinite += ~torch.isfinite(loss.detach())
+            strategy.backward(loss * weight)
+        total += loss.detach() * weight
+        acc[1] += (logits.argmax(1) == y).sum() * weight
+        acc[4] += spec.subset_macs.get(subset, 0.0) * n if spec.subset_macs else 0.0
+    acc[0] += total.double() * n
+    acc[2] += n
+    acc[3] += n * len(passes)
+    return total
 
 
 class _Waits:
@@ -113,15 +171,15 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
                            "train.grad_accum_steps or train.batch_size")
     per_step = scheduler is not None and getattr(scheduler, "per_step", False)
     res = spec.resolution(epoch) if spec.resolution is not None else None
-    acc = torch.zeros(3, device=spec.device, dtype=torch.float64)  # loss sum, correct, seen on this process
+    acc = torch.zeros(len(PARTIAL_KEYS), device=spec.device, dtype=torch.float64)  # sums on this process
     exact_check = spec.device.type == "cpu" or spec.max_bad_steps > 0
     nonfinite = torch.zeros((), device=spec.device, dtype=torch.long)
     if partial and strategy.is_main:  # the checkpoint holds the sums over all processes
-        acc += torch.tensor([float(partial[key]) for key in ("loss_sum", "correct", "seen")], dtype=acc.dtype).to(acc)
+        acc += torch.tensor([float(partial.get(key, 0)) for key in PARTIAL_KEYS], dtype=acc.dtype).to(acc)
 
     def totals() -> dict:  # every process calls this (an all-reduce) at checkpoints
         t = all_reduce_sum(acc.clone()).cpu()
-        return {"loss_sum": t[0], "correct": t[1], "seen": t[2]}
+        return dict(zip(PARTIAL_KEYS, t))
 
     # one micro-batch per step is done with before the next is drawn: no copy of FFCV's buffers needed
     bar = tqdm(source.epoch(epoch, copy=k > 1), total=len(source), desc=f"epoch {epoch}/{spec.epochs}", leave=False,
@@ -129,51 +187,29 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
     batches = _Waits(bar)  # the loop's time blocked on the loader: data_wait_s
     stoppers = [h for h in spec.hooks if overrides(h, "should_stop")]  # the same hooks on every process
     t_start = time.perf_counter()
+    loss = torch.full((), float("nan"))  # the last finite micro-batch loss, for progress lines
     for step, group in enumerate(_groups(batches, k)):
         if step < start_step:
             continue
         if stoppers and any_rank(any(h.should_stop() for h in stoppers), spec.device):
             raise TrainingPreempted(epoch, step, on_step(step, totals()) if on_step is not None else None)
-        subset = spec.dropout(epoch, step)
+        passes = spec.dropout.passes(epoch, step)
         for j, (images, labels, *tag) in enumerate(group):
             part = spec.parts[tag[0]] if spec.parts else None
             x = (part.transform if part is not None else spec.train_transform)(images, epoch, step * k + j)
             if res is not None:
                 x = resize_batch(x, res)
             if part is not None:  # the dataset's channels, dropped within them, as channels of the model
-                x, subset = part.place(x), part.to_model(part.dropout(epoch, step))
+                x = part.place(x)
+                passes = [(part.to_model(s), w) for s, w in part.dropout.passes(epoch, step)]
             if spec.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels.to(spec.device, non_blocking=True)
-            with strategy.micro_step(final=j == k - 1):
-                with strategy.autocast():
-                    logits = forward_subset(model, x, subset)
-                    if spec.teacher is not None:
-                        with torch.no_grad():
-                            target = spec.teacher(x)  # every channel
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.label_smoothing)
-                if spec.teacher is not None:
-                    loss = (1 - spec.distill_alpha) * loss + spec.distill_alpha * distillation(
-                        logits.float(), target.float(), spec.distill_temperature)
-                # Checking the loss needs a host sync. Where skipping is allowed, or on the CPU (where a sync
-                # is free), check every micro-batch (all processes decide together); otherwise accumulate
-                # and check at the periodic loss read-out below.
-                if exact_check and any_rank(not torch.isfinite(loss), spec.device):
-                    spec.bad_steps += 1
-                    where = f"epoch {epoch} step {step} (channels {subset}, {y.shape[0]} images)"
-                    if spec.bad_steps > spec.max_bad_steps:
-                        _diverged(spec, f"the loss was {loss.item()} at {where}")
-                    if strategy.is_main:
-                        log.info(f"skipped a non-finite loss ({loss.item()}) at {where} "
-                                 f"[{spec.bad_steps}/{spec.max_bad_steps}]")
-                    strategy.discard(j)
-                    break
-                if not exact_check:
-                    nonfinite += ~torch.isfinite(loss.detach())
-                strategy.backward(loss)
-            acc[0] += loss.detach().double() * y.shape[0]
-            acc[1] += (logits.argmax(1) == y).sum()
-            acc[2] += y.shape[0]
+            out = _micro_batch(strategy, spec, x, y, passes, final=j == k - 1, done=j * len(passes), acc=acc,
+                               nonfinite=None if exact_check else nonfinite, where=f"epoch {epoch} step {step}")
+            if out is None:  # a non-finite loss: this step's update is dropped
+                break
+            loss = out
         else:
             strategy.step()
             if spec.ema is not None:
@@ -196,12 +232,14 @@ def train_one_epoch(strategy: Strategy, source: DataSource, spec: FitSpec, epoch
         pass
     if not exact_check and nonfinite.item():
         _diverged(spec, f"a non-finite loss in the last steps of epoch {epoch}")
-    loss_total, correct_total, seen_total = all_reduce_sum(acc).tolist()  # summed over data-parallel processes
+    loss_total, correct_total, seen_total, passes_total, macs_total = all_reduce_sum(acc).tolist()  # all processes
     if seen_total == 0:
         raise DynconvError(f"epoch {epoch} trained on no batch (dataset smaller than train.batch_size, or every "
                            "step skipped): lower train.batch_size or set data.drop_last=false")
     metrics = {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-               DATA_WAIT: batches.seconds}
+               DATA_WAIT: batches.seconds, IMAGE_PASSES: passes_total}
+    if spec.subset_macs:
+        metrics[TRAIN_MACS] = macs_total
     if res is not None:
         metrics["train_res"] = res
     return metrics
@@ -285,11 +323,13 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
          resume: dict, hooks: list[Hook], main_hooks: list[Hook]) -> FitResult:
     spec.bad_steps = int(resume.get("bad_steps", spec.bad_steps))
     per_step = getattr(scheduler, "per_step", False)
+    compute = {IMAGE_PASSES: 0.0, TRAIN_MACS: 0.0, TRAIN_SECONDS: 0.0,  # training compute so far
+               **(resume.get("compute") or {})}
 
     def save(epoch_done: int, epoch: int, step: int | None = None, partial: dict | None = None,
              metrics: dict | None = None) -> Path | None:
         state = {"dynconv": spec.manifest, "scheduler": scheduler.state_dict(), "epoch": epoch_done,
-                 "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state()}
+                 "bad_steps": spec.bad_steps, "torch_rng": torch.get_rng_state(), "compute": dict(compute)}
         if metrics is not None:  # the finished epoch's (main process): a job killed before it logged them resumes
             state["epoch_metrics"] = metrics  # after this epoch, and its tracking hook logs them then
         if spec.ema is not None:
@@ -314,6 +354,9 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
                                   on_step=lambda steps, partial, e=epoch: save(e - 1, e, steps, partial),
                                   scheduler=scheduler)
         metrics["lr"] = strategy.optimizer.param_groups[0]["lr"]
+        for key in [k for k in compute if k in metrics]:  # logged as the totals so far
+            compute[key] += metrics[key]
+            metrics[key] = compute[key]
         if not per_step:
             scheduler.step()
         live = strategy.eval_module()
@@ -328,6 +371,7 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
                     key = "val_acc_live" if other is live else "val_acc_ema"
                     metrics[key] = accuracy(other, val, spec.eval_transform, spec.device)
             metrics[EPOCH_TIME] = time.perf_counter() - t0
+            compute[TRAIN_SECONDS] += metrics[EPOCH_TIME]
             log.info(f"epoch {epoch}/{spec.epochs}  " + "  ".join(epoch_field(k, v) for k, v in metrics.items()))
         path = save(epoch, epoch, metrics=metrics if strategy.is_main else None)
         for h in main_hooks:
@@ -336,7 +380,7 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
     for h in hooks:
         h.before_final(module)  # every process: calibration synchronises statistics across them
     final = spec.run_dir / "model.pt"
-    result = FitResult(final, module, spec.epochs, metrics)
+    result = FitResult(final, module, spec.epochs, metrics, compute=compute)
     if strategy.is_main:
         atomic_torch_save({"dynconv": spec.manifest, "model": module.state_dict(), "epoch": spec.epochs}, final)
         for h in main_hooks:

@@ -3,8 +3,9 @@
 One training loop (``loop.py``) drives every strategy through the same small interface:
 
 * ``setup(model, optimizer)`` wraps the model (``DistributedDataParallel``, a DeepSpeed engine);
-* per micro-batch ``micro_step(final)`` (a context: DDP skips the gradient all-reduce on non-final micro-steps),
-  ``autocast()``, ``backward(loss)``; per optimiser step ``step()``, or ``discard(done)`` after a non-finite loss;
+* per micro-batch, for each of its ``passes`` (subsets of the sandwich rule; usually one), ``micro_step(final)``
+  (a context: DDP skips the gradient all-reduce but on the step's last pass), ``autocast()``, ``backward(loss)``
+  (the pass's loss times its weight, the weights of a micro-batch's passes summing to 1); per optimiser step ``step()``, or ``discard(done)`` after a non-finite loss;
 * ``save(state, path)`` / ``load(path)`` for checkpoints carrying dynconv's client state (manifest, epoch,
   step, partial accumulators, scheduler, RNG); ``eval_module()``: the plain model with full fp32 weights
   for validation, calibration and the final (consolidated) checkpoint.
@@ -44,12 +45,14 @@ class Strategy:
 
     def __init__(self, device: torch.device, dist: DistInfo = DistInfo(), precision: str = "fp32",
                  grad_accum_steps: int = 1, grad_clip: float = 0.0, global_batch: int | None = None,
-                 options=None):
-        """``options``: a strategy's own settings (DeepSpeed: :class:`DeepSpeedOptions`); none here."""
+                 options=None, passes: int = 1):
+        """``options``: a strategy's own settings (DeepSpeed: :class:`DeepSpeedOptions`); none here. ``passes``:
+        forward/backward passes per micro-batch (the sandwich rule's subsets), each its own micro-step."""
         if options is not None:
             raise DynconvError(f"train.strategy={self.name} takes no strategy options (they are for deepspeed)")
         self.device, self.dist, self.precision = device, dist, check_choice(precision, PRECISIONS, "precision")
         self.grad_accum_steps, self.grad_clip = int(grad_accum_steps), float(grad_clip)
+        self.passes = int(passes)
         self.model: nn.Module | None = None    # what the loop calls (a wrapper, or the module itself)
         self.module: nn.Module | None = None   # the plain model
         self.optimizer = None
@@ -84,7 +87,7 @@ class Strategy:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate the gradient of one micro-batch's mean loss (averaged over the micro-batches)."""
+        """Accumulate the gradient of one pass's weighted mean loss (averaged over the micro-batches)."""
         loss = loss / self.grad_accum_steps
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
@@ -101,8 +104,8 @@ class Strategy:
         self.optimizer.zero_grad(set_to_none=True)
 
     def discard(self, done: int) -> None:
-        """Drop this optimiser step after a non-finite loss on its micro-batch ``done`` (0-based): the
-        gradients of the ``done`` micro-batches before it are thrown away and no update happens."""
+        """Drop this optimiser step after a non-finite loss on its micro-step ``done`` (0-based, counting passes):
+        the gradients of the ``done`` micro-steps before it are thrown away and no update happens."""
         self.optimizer.zero_grad(set_to_none=True)
 
     # ---- checkpoints and weights ----------------------------------------------------------------------

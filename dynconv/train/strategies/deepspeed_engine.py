@@ -50,9 +50,10 @@ class DeepSpeedOptions:
     config: str | None = param(None, "a DeepSpeed JSON merged with what dynconv derives (batch, accumulation, "
                                      "precision)")
 # keys dynconv derives, and the dynconv setting each one comes from
-DERIVED_FROM = {"train_batch_size": "train.batch_size",
+DERIVED_FROM = {"train_batch_size": "train.batch_size (x dropout.n_subsets with dropout.kind=sandwich)",
                 "train_micro_batch_size_per_gpu": "train.batch_size / (processes x train.grad_accum_steps)",
-                "gradient_accumulation_steps": "train.grad_accum_steps", "gradient_clipping": "train.grad_clip",
+                "gradient_accumulation_steps": "train.grad_accum_steps (x dropout.n_subsets with dropout.kind=sandwich)",
+                "gradient_clipping": "train.grad_clip",
                 "torch_autocast": "train.precision"}
 OWNED = {"optimizer": "dynconv builds the optimizer: use train.optimizer, train.lr, train.weight_decay",
          "scheduler": "dynconv schedules the learning rate: use train.scheduler",
@@ -121,17 +122,18 @@ def _merge_choice(zero: dict, key: str, value: str | None, where: str, option: s
 
 
 def derive_config(options: DeepSpeedOptions, *, global_batch: int, world: int, grad_accum_steps: int,
-                  precision: str, grad_clip: float) -> dict:
-    """The config handed to ``deepspeed.initialize``: the JSON file (if any) with dynconv's settings merged in."""
+                  precision: str, grad_clip: float, passes: int = 1) -> dict:
+    """The config handed to ``deepspeed.initialize``: the JSON file (if any) with dynconv's settings merged in.
+    Each of a micro-batch's ``passes`` is one of DeepSpeed's micro-steps (its batch counts the images once per pass)."""
     where = f"deepspeed.config {options.config}"
     base = read_config_file(options.config) if options.config else {}
     for key, why in OWNED.items():
         value = base.get(key)
         if value is not None and not (key in ("fp16", "bf16") and isinstance(value, dict) and not value.get("enabled")):
             raise DynconvError(f"{where} sets '{key}': {why}; remove it from the file")
-    derived = {"train_batch_size": global_batch,
+    derived = {"train_batch_size": global_batch * passes,
                "train_micro_batch_size_per_gpu": check_global_batch(global_batch, world, grad_accum_steps),
-               "gradient_accumulation_steps": grad_accum_steps,
+               "gradient_accumulation_steps": grad_accum_steps * passes,
                # always explicit: DeepSpeed 0.19 clips to 1.0 unless told otherwise, single/DDP do not clip
                "gradient_clipping": float(grad_clip)}
     for key, value in derived.items():
@@ -241,7 +243,7 @@ class DeepSpeedStrategy(Strategy):
                                      dist_init_required=False)
         self.config = derive_config(options, global_batch=global_batch, world=self.dist.world,
                                     grad_accum_steps=self.grad_accum_steps, precision=self.precision,
-                                    grad_clip=self.grad_clip)
+                                    grad_clip=self.grad_clip, passes=self.passes)
         validate_config(self.config, f"deepspeed.config {options.config}" if options.config
                         else "the DeepSpeed config")
         self.stage = int(self.config["zero_optimization"]["stage"])
@@ -273,8 +275,9 @@ class DeepSpeedStrategy(Strategy):
 
     def backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed counts micro-steps itself: engine.step() after every backward, and it updates the weights
-        # at the accumulation boundary only (backward divides by gradient_accumulation_steps)
-        self.engine.backward(loss)
+        # at the accumulation boundary only (backward divides by gradient_accumulation_steps, which counts passes:
+        # a pass's weighted loss times the passes is what the base strategy's one-pass micro-step would see)
+        self.engine.backward(loss * self.passes if self.passes > 1 else loss)
         self.engine.step()
 
     def step(self) -> None:
@@ -284,7 +287,7 @@ class DeepSpeedStrategy(Strategy):
         """DeepSpeed cannot drop gradients it has already reduced: with ``done`` > 0 micro-batches
         accumulated, the rest of the step back-propagates an exactly-zero loss and the update uses those
         ``done`` micro-batches; with none, the step is skipped."""
-        for _ in range(self.grad_accum_steps - done if done else 0):
+        for _ in range(self.grad_accum_steps * self.passes - done if done else 0):
             self.backward(sum(p.sum() for p in self.module.parameters() if p.requires_grad) * 0.0)
 
     def save(self, state: dict, path: Path) -> Path:
