@@ -27,6 +27,7 @@ class Cell:
     overrides: tuple[str, ...]      # dotted.key=value
     group: str = ""                 # rows of one group are compared with each other (e.g. a data set)
     reference: bool = False         # the RGB-only reference of its group: rgb_gap = its RGB - each row's
+    specialist: str = ""            # a per-subset specialist: the subset it is trained and scored on
 
     @property
     def slug(self) -> str:
@@ -75,30 +76,56 @@ def run_matrix(config: str | Path, overrides: list[str], out: Path, cells: list[
 
 def _resolve(override: str, cell: Cell, cells: list[Cell], out: Path, seed: int) -> str:
     """``key=@LABEL``: the final checkpoint of the cell ``LABEL`` of the same group and seed (trained before
-    this one), e.g. a distillation teacher."""
+    this one), e.g. a distillation teacher; ``key=@GROUP::LABEL``: of another group (e.g. a model pretrained
+    on a larger data set)."""
     key, _, value = override.partition("=")
     if not value.startswith("@"):
         return override
-    other = next((c for c in cells if c.label == value[1:] and c.group == cell.group), None)
+    group, _, label = value[1:].rpartition("::") if "::" in value else (cell.group, "", value[1:])
+    other = next((c for c in cells if c.label == label and c.group == group), None)
     if other is None or cells.index(other) >= cells.index(cell):
         raise DynconvError(f"{cell.label}: {key}={value} names no cell listed before it (cells: "
-                           f"{', '.join(c.label for c in cells if c.group == cell.group)})")
+                           f"{', '.join(c.label for c in cells if c.group == group) or 'none in ' + repr(group)})")
     return f"{key}={cell_run_dir(out, other, seed) / MODEL}"
 
 
 def aggregate(reports: dict[Cell, list[dict]]) -> list[dict]:
-    """One row per cell: per-subset accuracy mean/std over seeds, per-subset MACs, mean and worst subset,
-    and ``rgb_gap`` (points of RGB accuracy below the group's reference) where the group has one."""
+    """One row per cell: per-subset accuracy mean, std and 95 % interval over seeds (and each seed's), per-subset
+    MACs, mean and worst subset, training compute, and ``rgb_gap`` (points of RGB accuracy below the group's
+    reference) where the group has one."""
     rows = []
     for cell, runs in reports.items():
         subsets = list(runs[0]["subsets"])
         acc = np.array([[r["subsets"][s]["accuracy"] for s in subsets] for r in runs])
+        compute = [r.get("training", {}).get("train_macs") for r in runs]
+        seconds = [r.get("training", {}).get("train_seconds", 0) / max(1, r.get("training", {}).get("epochs", 1))
+                   for r in runs]
         rows.append({"variant": cell.label, "group": cell.group, "reference": cell.reference, "seeds": len(runs),
+                     "specialist": cell.specialist,
                      "accuracy_mean": dict(zip(subsets, acc.mean(0).round(6).tolist())),
                      "accuracy_std": dict(zip(subsets, acc.std(0).round(6).tolist())),
+                     "accuracy_ci": dict(zip(subsets, [interval(acc[:, i]) for i in range(len(subsets))])),
+                     "accuracy_runs": dict(zip(subsets, acc.T.round(6).tolist())),
                      "macs": {s: runs[0]["subsets"][s]["macs"] for s in subsets},
+                     "train_macs": float(np.mean(compute)) if None not in compute else None,
+                     "epoch_seconds": float(np.mean(seconds)) if all(seconds) else None,
+                     "scores": {k: float(np.mean([r["subsets"][subsets[0]].get(k, np.nan) for r in runs]))
+                                for k in ("accuracy", "precision", "recall", "f1")},  # of the full input
                      "mean_subset_acc": float(acc.mean()), "worst_subset_acc": float(acc.mean(0).min()),
                      "mean_subset_acc_std": float(acc.mean(1).std())})
+    return with_gaps(rows)
+
+
+def interval(values) -> float:
+    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student's t; 0 for one value)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    return 0.0 if v.size < 2 else round(float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)), 6)
+
+
+def with_gaps(rows: list[dict]) -> list[dict]:
+    """``rgb_gap`` on every row of a group with a reference row: its full-input accuracy minus the row's."""
     for row in rows:
         ref = next((r for r in rows if r["reference"] and r["group"] == row["group"]), None)
         if ref is not None:
@@ -107,19 +134,27 @@ def aggregate(reports: dict[Cell, list[dict]]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], gap: bool = False) -> str:
-    """The accuracy table (%): one row per cell, one column per subset, then mean, worst (and rgb_gap), MACs."""
+def markdown(rows: list[dict], gap: bool = False, spread: str = "std") -> str:
+    """The accuracy table (%): one row per cell, one column per subset (mean ± ``spread``: ``std`` over seeds or
+    ``ci``, the 95 % interval), then mean, worst (and rgb_gap), MACs, and training compute where recorded."""
     subsets = list(rows[0]["accuracy_mean"])
+    compute = any(r.get("train_macs") for r in rows)
     head = "| variant | seeds | " + " | ".join(subsets) + " | mean | worst |" + (" rgb_gap |" if gap else "") \
-        + " MACs (all channels) |"
-    lines = [head, "|---|---:|" + "---:|" * (len(subsets) + 3 + gap)]
+        + " MACs (all channels) |" + (" training compute |" if compute else "")
+    lines = [head, "|---|---:|" + "---:|" * (len(subsets) + 3 + gap + compute)]
     for r in rows:
-        cells = [f"{100 * r['accuracy_mean'][s]:.1f} ± {100 * r['accuracy_std'][s]:.1f}" for s in subsets]
+        pm = r["accuracy_ci" if spread == "ci" else "accuracy_std"]
+        cells = [f"{100 * r['accuracy_mean'][s]:.1f} ± {100 * pm[s]:.1f}" for s in subsets]
         extra = f" {100 * r['rgb_gap']:+.1f} |" if gap and "rgb_gap" in r else " – |" if gap else ""
         lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells)
                      + f" | {100 * r['mean_subset_acc']:.1f} | {100 * r['worst_subset_acc']:.1f} |" + extra
-                     + f" {r['macs'][subsets[0]]:,} |")
+                     + f" {r['macs'][subsets[0]]:,} |" + (f" {tmacs(r.get('train_macs'))} |" if compute else ""))
     return "\n".join(lines) + "\n"
+
+
+def tmacs(value: float | None) -> str:
+    """Training compute as forward tera-MACs (``–`` when not recorded)."""
+    return "–" if not value else f"{value / 1e12:,.1f} TMACs"
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> Path:

@@ -17,6 +17,44 @@ def _report(accs):
     return {"subsets": {s: {"accuracy": a, "macs": 10} for s, a in zip(SUBSETS, accs)}}
 
 
+def _trained(accs, macs):
+    return {**_report(accs), "training": {"epochs": 1, "image_passes": 10, "train_macs": macs}}
+
+
+def test_per_subset_specialists_compose_one_row_and_every_recipe_is_measured_against_them():
+    """A specialists recipe becomes one cell per subset (trained on it alone, scored on it); their rows compose
+    one reference row; each recipe's per-subset gap, the equal-compute specialist and the goals follow."""
+    from dynconv.launch.recipes import build_cells, compose_specialists, specialist_gaps
+    from helpers import ROOT
+
+    recipes = [{"name": "specialists", "specialists": True, "reference": True, "set": {"model.name": "resnet18"}},
+               {"name": "specialists, 4x epochs", "set": {"model.name": "resnet18", "dropout.kind": "none"}},
+               {"name": "sandwich", "set": {"dropout.kind": "sandwich"}}]
+    cells = build_cells(str(CONFIG), [], {}, recipes, ROOT / "x", make_data=False)
+    assert [c.label for c in cells][:3] == ["specialists: RGB", "specialists: RG", "specialists: RB"]
+    rg = next(c for c in cells if c.specialist == "RG").overrides
+    assert "dropout.kind=weighted_subsets" in rg and 'dropout.weights={"RG": 1}' in rg and "eval.subsets=RG" in rg
+    assert "dropout.kind=none" in next(c for c in cells if c.specialist == "RGB").overrides
+    reports = {Cell(f"specialists: {s}", (), "", False, s): [
+        {"subsets": {s: {"accuracy": a + d, "macs": 10}}, "training": {"train_macs": 1e12}} for d in (0.0, 0.02, 0.04)]
+        for s, a in zip(SUBSETS, (0.9, 0.7, 0.5))}
+    reports[Cell("specialists, 4x epochs", (), "")] = [_trained([0.95, 0.5, 0.3], 4e12)] * 3
+    reports[Cell("sandwich", (), "")] = [_trained([0.91, 0.70, 0.45], 4e12), _trained([0.93, 0.72, 0.47], 4e12),
+                                         _trained([0.95, 0.74, 0.49], 4e12)]
+    rows = compose_specialists(aggregate(reports), recipes)
+    spec, _, sandwich = rows
+    assert spec["variant"] == "specialists" and spec["reference"] and spec["train_macs"] == 3e12
+    assert spec["accuracy_mean"] == pytest.approx({"RGB": 0.92, "RG": 0.72, "R": 0.52})
+    assert spec["accuracy_ci"]["RGB"] == pytest.approx(4.303 * 0.02 / 3 ** 0.5, rel=1e-3)  # t(0.975, 2) s / sqrt(3)
+    assert sandwich["rgb_gap"] == pytest.approx(-0.01)
+    table = specialist_gaps(rows)
+    assert "| sandwich | -1.0 ± " in table and "| +5.0 |" in table.splitlines()[-1]  # R: 0.52 vs 0.47
+    measured = dict((g.split(" (")[0] if g.startswith("best") else g, (v, ok)) for g, v, ok in goals(rows))
+    assert measured["best recipe"] == ("-1.0 points", True)
+    assert measured["... within 3 points at equal training compute (specialists, 4x epochs)"] == ("+2.0 points", True)
+    assert measured["... every subset within 3 points of its own specialist"] == ("largest +5.0 (R)", False)
+
+
 def test_aggregate_means_stds_and_the_gap_to_the_reference():
     ref, rob = Cell("RGB-only specialist", (), "d", True), Cell("slice / recalibrate", (), "d")
     rows = aggregate({ref: [_report([0.9, 0.5, 0.3]), _report([0.8, 0.5, 0.3])],
@@ -34,8 +72,9 @@ def test_goals_are_measured_from_the_rows():
              Cell("slice / recalibrate", (), ""): [_report([0.88, 0.8, 0.7])],
              Cell("slice / switchable", (), ""): [_report([0.87, 0.8, 0.69])]}
     measured = goals(aggregate(cells))
-    assert measured[0][0].startswith("best recipe (slice / recalibrate)") and measured[0][1] == "+2.0 points"
-    assert measured[0][2] and measured[1][2] and measured[2][2] and measured[3][2]
+    assert measured[0][0].startswith("best recipe (slice / recalibrate): RGB within 1 point")
+    assert measured[0][1] == "+2.0 points" and not measured[0][2]
+    assert measured[1][2] and measured[2][2] and len(measured) == 3
     assert measured[1][1] == f"{(0.88 + 0.8 + 0.7) / (0.8 + 0.4 + 0.3):.2f}×"
 
 
@@ -109,6 +148,6 @@ def test_a_recipe_with_a_variation_is_held_to_the_specialist_with_the_same_varia
              Cell("prefix / shared (the study)", (), ""): [_report([0.5, 0.4, 0.3])],
              Cell("slice / recalibrate, 2x epochs", (), ""): [_report([0.85, 0.8, 0.7])]}
     (best, *_rest) = goals(aggregate(cells))
-    assert best[0] == ("best recipe (slice / recalibrate, 2x epochs): RGB within 5 points of the specialist "
-                       "(RGB-only specialist, 2x epochs)")
+    assert best[0] == ("best recipe (slice / recalibrate, 2x epochs): RGB within 1 point of the RGB specialist at "
+                       "equal epochs (RGB-only specialist, 2x epochs)")
     assert best[1] == "+10.0 points" and not best[2]
