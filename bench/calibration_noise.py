@@ -73,8 +73,8 @@ def main() -> None:
                     rows[b].extend(abs(got[k] - ref[k]) for k in ref)
             print(f"seed {seed}: reference ({cfg.calibration.batches} batches) "
                   + ", ".join(f"{k[8:]} {100 * v:.1f}" for k, v in ref.items()))
-    print(f"| calibration.epoch_batches | images per subset | mean abs. diff (points) | max (points) | "
-          f"subset x draw x seed |")
+    print("| calibration.epoch_batches | images per subset | mean abs. diff (points) | max (points) | "
+          "subset x draw x seed |")
     print("|---:|---:|---:|---:|---:|")
     for b, diffs in rows.items():
         print(f"| {b} | {64 * b} | {100 * statistics.mean(diffs):.2f} | {100 * max(diffs):.2f} | {len(diffs)} |")
