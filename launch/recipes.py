@@ -36,6 +36,7 @@ from dynconv.channels import all_subsets, num_channels, subset_name
 from dynconv.choices import SLICED_STEMS
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text, read_yaml
+from dynconv.run_files import EVAL_JSON
 
 from .config import load_config
 from .matrix import Cell, cell_run_dir, finished, log_to_parent, markdown, plot, run_matrix, with_gaps
@@ -235,8 +236,8 @@ def goals(rows: list[dict]) -> list[tuple[str, str, bool]]:
     best = max(robust, key=lambda r: r["mean_subset_acc"])
     out = []
     # a row "<reference>, <variation>" is the specialist trained as "<recipe>, <variation>" is: the fair reference
-    same = next((r for r in family if ", " in best["variant"]
-                 and r["variant"].endswith(", " + best["variant"].rpartition(", ")[2])), None)
+    same = next((r for r in family if ", " in best["variant"]  # "..., 4x epochs" matches "..., RGB at 4x epochs"
+                 and r["variant"].endswith(" " + best["variant"].rpartition(", ")[2])), None)
     spec = same or ref
     gap = 100 * (spec["accuracy_mean"][full] - best["accuracy_mean"][full])
     out.append((f"best recipe ({best['variant']}): {full} within 1 point of the {full} specialist at equal epochs"
@@ -267,14 +268,15 @@ def goals(rows: list[dict]) -> list[tuple[str, str, bool]]:
 
 
 def page(rows: list[dict], datasets: dict, command: str, seconds: float, figures: dict[str, str],
-         reused: int = 0) -> str:
+         reused: int = 0, training_seconds: float = 0.0) -> str:
     groups = list(dict.fromkeys(r["group"] for r in rows))
     lines = ["# Results: channel robustness, recipe by recipe", "",
              "Produced by one command, which synthesises the data sets, trains every recipe on each with every",
              "seed, and writes this page and its figures:", "", "```bash", command, "```", "",
-             f"Measured on {machine()}; {len(rows)} rows, {sum(r['seeds'] for r in rows)} training runs "
-             + (f"({reused} of them reused from an earlier invocation; this one took "
-                f"{seconds / 60:.0f} minutes)" if reused else f"in {seconds / 60:.0f} minutes")
+             f"Measured on {machine()}; {len(rows)} rows, {sum(r['seeds'] for r in rows)} training runs, "
+             + (f"{training_seconds / 60:.0f} minutes of training in all " if training_seconds else "")
+             + (f"({reused} runs reused from an earlier invocation; this one took {seconds / 60:.0f} minutes)"
+                if reused else f"(this invocation: {seconds / 60:.0f} minutes)")
              + ". Accuracy in %, mean ± the 95 % interval of the mean over seeds (Student's t); `mean`/`worst` over",
              "the subsets; `rgb_gap`: the specialist's RGB accuracy minus the row's, in points; training compute: the",
              "forward MACs of every image pass of training (a sandwich step makes `dropout.n_subsets` passes; the",
@@ -332,7 +334,9 @@ def run_recipes(config: str, recipes_file: str, out: Path, seeds: int, overrides
         figures[g] = name
     command = " ".join([f"dynconv recipes --config {config} --recipes {recipes_file} --seeds {seeds} --out {out}",
                         *([f"--publish {publish}"] if publish else []), *overrides])
-    text = page(rows, datasets, command, time.perf_counter() - t0, figures, reused)
+    spent = sum(json.loads((cell_run_dir(out, c, seed) / EVAL_JSON).read_text()).get("training", {})
+                .get("train_seconds", 0.0) for c in cells for seed in range(seeds))
+    text = page(rows, datasets, command, time.perf_counter() - t0, figures, reused, spent)
     files.append(atomic_write_text(target, text + kept_reading(target)))
     log_to_parent(parent, files, rows)
     return {"rows": rows, "files": [str(f) for f in files], "page": str(target),

@@ -3,6 +3,7 @@ computed from the rows; one tiny end-to-end run (slow)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -121,6 +122,7 @@ def test_recipes_end_to_end_with_a_teacher_reference(tmp_path, capsys):
                    "tracking.enabled=false", "calibration.batches=1") == 0
     text = page.read_text()
     assert "## tiny" in text and "| distilled | 1 |" in text and "![tiny](results.png)" in text
+    assert re.search(r"2 training runs, \d+ minutes of training in all \(this invocation: \d+ minutes\)", text)
     assert (page.parent / "results.png").exists()
     rows = json.loads((tmp_path / "out" / "recipes.json").read_text())
     assert [r["variant"] for r in rows] == ["specialist", "distilled"] and "rgb_gap" in rows[1]
@@ -136,7 +138,7 @@ def test_recipes_end_to_end_with_a_teacher_reference(tmp_path, capsys):
                    "tracking.enabled=false", "calibration.batches=1") == 0
     assert capsys.readouterr().out.count("already done, reusing") == 2
     again = page.read_text()
-    assert "(2 of them reused from an earlier invocation" in again
+    assert "(2 runs reused from an earlier invocation" in again
     assert again.count(KEEP_MARKER) == 1 and again.endswith("## What it says\n\nhand-written\n")
 
 
