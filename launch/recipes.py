@@ -334,8 +334,9 @@ def run_recipes(config: str, recipes_file: str, out: Path, seeds: int, overrides
         figures[g] = name
     command = " ".join([f"dynconv recipes --config {config} --recipes {recipes_file} --seeds {seeds} --out {out}",
                         *([f"--publish {publish}"] if publish else []), *overrides])
-    spent = sum(json.loads((cell_run_dir(out, c, seed) / EVAL_JSON).read_text()).get("training", {})
-                .get("train_seconds", 0.0) for c in cells for seed in range(seeds))
+    spent = [json.loads((cell_run_dir(out, c, seed) / EVAL_JSON).read_text()).get("training", {})
+             .get("train_seconds") for c in cells for seed in range(seeds)]
+    spent = sum(spent) if None not in spent else 0.0  # runs of older versions have no record: no partial sum
     text = page(rows, datasets, command, time.perf_counter() - t0, figures, reused, spent)
     files.append(atomic_write_text(target, text + kept_reading(target)))
     log_to_parent(parent, files, rows)
