@@ -378,3 +378,78 @@ def test_a_run_starts_from_pretrained_weights_in_torchvisions_format(tiny_data, 
     for key in ("conv1.weight", "layer2.0.conv1.weight", "layer4.1.conv2.weight"):
         assert torch.allclose(trained[key], source[key], atol=1e-6), key
     assert trained["fc.weight"].shape == (4, source["fc.weight"].shape[1])
+
+
+def _sandwich_resnet_epoch(tmp_path, precision: str = "fp32", channels_last: bool = False):
+    """A dynamic ResNet18 (slice stem, per-subset recalibration, width 8) after one sandwich epoch of 3 steps."""
+    from dynconv.dropout import ChannelDropout
+    from dynconv.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=2, stem_mode="slice", norm="recalibrate", width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    strategy = build_strategy("single", CPU, precision=precision, passes=4)
+    strategy.setup(model, opt, channels_last=channels_last)
+    spec = fit_spec(tmp_path, 1, dropout=ChannelDropout("sandwich", 3, seed=2, n_subsets=4), inplace_distill=True,
+                    channels_last=channels_last)
+    metrics = train_one_epoch(strategy, DataSource(make_batches(3, size=32, batch=8), None, 24, "memory"), spec, 1)
+    return model.state_dict(), metrics
+
+
+def test_a_sandwich_under_channels_last_and_bf16_trains_what_fp32_does(tmp_path):
+    """The sandwich's passes (full input, a single channel, pairs; sliced stem, per-subset norms, in-place
+    distillation) in channels_last give the NCHW weights up to rounding (one thread: the same reduction
+    order), and under bf16 autocast a finite loss near fp32's, float32 weights that stay channels_last."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference, ref_metrics = _sandwich_resnet_epoch(tmp_path / "a")
+        nhwc, nhwc_metrics = _sandwich_resnet_epoch(tmp_path / "b", channels_last=True)
+        bf16, bf16_metrics = _sandwich_resnet_epoch(tmp_path / "c", precision="bf16", channels_last=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.allclose(reference[k].float(), nhwc[k].float(), atol=1e-4) for k in reference)
+    assert nhwc_metrics["train_loss"] == pytest.approx(ref_metrics["train_loss"], rel=1e-4)
+    assert bf16_metrics["image_passes"] == ref_metrics["image_passes"] == 24 * 4
+    assert bf16_metrics["train_loss"] == pytest.approx(ref_metrics["train_loss"], rel=0.15)
+    assert all(v.dtype == reference[k].dtype and v.isfinite().all() for k, v in bf16.items() if v.is_floating_point())
+    assert not torch.equal(bf16["conv1.weight"], reference["conv1.weight"])  # trained in bf16, not a copy
+    assert bf16["layer1.0.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_sandwich_over_a_mixture_draws_each_datasets_passes_within_its_channels(tmp_path):
+    """data.train as a list: each batch's sandwich is its own dataset's (full input first, then a single channel
+    and distinct others, all within that dataset's channels), placed on the model's channel vocabulary."""
+    from dynconv.data.mixture import MixturePart, MixtureSource
+    from dynconv.dropout import ChannelDropout
+
+    seen = []
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(1, 2)
+
+        def forward(self, x, channels=None):  # shown only the present channels
+            assert x.shape[1] == len(channels)
+            seen.append(tuple(channels))
+            return self.fc(x.mean((1, 2, 3))[:, None])
+
+    Recording.channel_adaptive = True
+    to_float = lambda x, e, s: x.float() / 255  # noqa: E731
+    parts = [MixturePart("rgb", "RGB", (0, 1, 2), 4, to_float, None, ChannelDropout("sandwich", 3, seed=1, n_subsets=3)),
+             MixturePart("rgx", "R-G-X", (0, 1, 3), 4, to_float, None, ChannelDropout("sandwich", 3, seed=1, n_subsets=3))]
+    source = MixtureSource([DataSource(make_batches(3, seed=s), None, 12, "memory") for s in (0, 1)],
+                           ["rgb", "rgx"], seed=4)
+    order = [k for _, _, k in source.epoch(1)]
+    assert sorted(order) == [0, 0, 0, 1, 1, 1]
+    model = Recording()
+    strategy, _ = _setup(model)
+    spec = fit_spec(tmp_path, 1, dropout=ChannelDropout("sandwich", 4, seed=1, n_subsets=3), parts=parts)
+    metrics = train_one_epoch(strategy, source, spec, 1)
+    assert metrics["image_passes"] == 24 * 3 and len(seen) == 6 * 3
+    for step, k in enumerate(order):
+        part, passes = parts[k], seen[3 * step:3 * step + 3]
+        assert passes == [part.to_model(s) for s, _ in part.dropout.passes(1, step)]
+        assert passes[0] == part.positions and len(passes[1]) == 1 and len(set(passes)) == 3
+        assert all(set(p) <= set(part.positions) for p in passes)

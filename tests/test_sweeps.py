@@ -316,6 +316,38 @@ def test_shipped_dropout_space_samples_valid_configs():
         assert schedule.probabilities(1).sum() == pytest.approx(1)
 
 
+def test_shipped_sandwich_space_samples_configs_the_trainer_accepts():
+    """sweeps/spaces/sandwich.yaml: every sample validates as a whole config (the sandwich's own checks
+    included) and builds a schedule of n_subsets passes, the full input first, weights summing to 1."""
+    import numpy as np
+
+    from dynconv.dropout import ChannelDropout
+    from dynconv.errors import DynconvError
+    from types import SimpleNamespace
+
+    from dynconv.launch.config import SCHEMA, load_config
+    from dynconv.sweeps.space import apply_params, load_space
+
+    path = CONFIG.parents[2] / "sweeps" / "spaces" / "sandwich.yaml"
+    with pytest.raises(DynconvError, match="set dropout.kind=sandwich"):  # the base config must be a sandwich
+        load_space(path, SCHEMA, load_config(CONFIG).model_dump())
+    base = load_config(CONFIG, ["dropout.kind=sandwich"]).model_dump()
+    space = load_space(path, SCHEMA, base)
+    assert set(space.keys) == {"dropout.n_subsets", "dropout.full_weight", "train.lr",
+                               "train.inplace_distill", "train.inplace_temperature"}
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(30):
+        params = {d.key: d.domain().sample(random_state=rng) for d in space.dims}
+        cfg = apply_params(base, params, SCHEMA)  # the whole config validated, as a trial gets it
+        d, t = SimpleNamespace(**cfg["dropout"]), SimpleNamespace(**cfg["train"])
+        passes = ChannelDropout(d.kind, 3, seed=1, n_subsets=d.n_subsets, full_weight=d.full_weight).passes(1, 0)
+        assert len(passes) == d.n_subsets and passes[0][0] == (0, 1, 2)
+        assert sum(w for _, w in passes) == pytest.approx(1)
+        seen.add((d.n_subsets, t.inplace_distill))
+    assert {n for n, _ in seen} == {2, 3, 4, 5} and {i for _, i in seen} == {False, True}
+
+
 @pytest.mark.parametrize("space, message", [
     ("dropout.pp: {uniform: [0.1, 0.5]}\n", "unknown config key 'dropout.pp': did you mean 'dropout.p'?"),
     ("dropout.p: {uniform: [0.1, 1.5]}\n", "config key 'dropout.p': Input should be less than 1"),
