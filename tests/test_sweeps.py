@@ -293,24 +293,32 @@ def test_rescale_lr_moves_a_resumed_schedule_to_the_new_rate():
         ref_sched.step()
 
 
-def test_shipped_dropout_space_samples_valid_configs():
+def _shipped_space_samples(name: str, overrides: list[str] = (), n: int = 30):
+    """sweeps/spaces/NAME.yaml loaded on the test config (with ``overrides``), and ``n`` of its samples, each
+    applied to that config and validated whole, as a trial gets it."""
     import numpy as np
-
-    from dynconv.dropout import ChannelDropout
-    from types import SimpleNamespace
 
     from dynconv.launch.config import SCHEMA, load_config
     from dynconv.sweeps.space import apply_params, load_space
 
-    base = load_config(CONFIG).model_dump()
-    space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / "dropout.yaml", SCHEMA, base)
+    base = load_config(CONFIG, list(overrides)).model_dump()
+    space = load_space(CONFIG.parents[2] / "sweeps" / "spaces" / f"{name}.yaml", SCHEMA, base)
+    rng = np.random.default_rng(0)
+    return space, [apply_params(base, {d.key: d.domain().sample(random_state=rng) for d in space.dims}, SCHEMA)
+                   for _ in range(n)]
+
+
+def test_shipped_dropout_space_samples_valid_configs():
+    from types import SimpleNamespace
+
+    from dynconv.dropout import ChannelDropout
+
+    space, samples = _shipped_space_samples("dropout")
     assert set(space.keys) == {"dropout.kind", "dropout.p", "dropout.weights", "dropout.curriculum",
                                "dropout.ramp_epochs", "dropout.steps", "train.lr", "model.stem_mode"}
     assert set(space.pbt_mutations()) == set(space.keys) - {"model.stem_mode"}
-    rng = np.random.default_rng(0)
-    for _ in range(30):  # every sample is a config the trainer accepts, with a schedule that builds
-        params = {d.key: d.domain().sample(random_state=rng) for d in space.dims}
-        d = SimpleNamespace(**apply_params(base, params, SCHEMA)["dropout"])
+    for cfg in samples:  # every sample is a config the trainer accepts, with a schedule that builds
+        d = SimpleNamespace(**cfg["dropout"])
         schedule = ChannelDropout(d.kind, 3, p=d.p, weights=d.weights, curriculum=d.curriculum,
                                   ramp_epochs=d.ramp_epochs, steps=d.steps, channels="RGB")
         assert schedule.probabilities(1).sum() == pytest.approx(1)
@@ -319,27 +327,18 @@ def test_shipped_dropout_space_samples_valid_configs():
 def test_shipped_sandwich_space_samples_configs_the_trainer_accepts():
     """sweeps/spaces/sandwich.yaml: every sample validates as a whole config (the sandwich's own checks
     included) and builds a schedule of n_subsets passes, the full input first, weights summing to 1."""
-    import numpy as np
+    from types import SimpleNamespace
 
     from dynconv.dropout import ChannelDropout
     from dynconv.errors import DynconvError
-    from types import SimpleNamespace
 
-    from dynconv.launch.config import SCHEMA, load_config
-    from dynconv.sweeps.space import apply_params, load_space
-
-    path = CONFIG.parents[2] / "sweeps" / "spaces" / "sandwich.yaml"
     with pytest.raises(DynconvError, match="set dropout.kind=sandwich"):  # the base config must be a sandwich
-        load_space(path, SCHEMA, load_config(CONFIG).model_dump())
-    base = load_config(CONFIG, ["dropout.kind=sandwich"]).model_dump()
-    space = load_space(path, SCHEMA, base)
+        _shipped_space_samples("sandwich")
+    space, samples = _shipped_space_samples("sandwich", ["dropout.kind=sandwich"])
     assert set(space.keys) == {"dropout.n_subsets", "dropout.full_weight", "train.lr",
                                "train.inplace_distill", "train.inplace_temperature"}
-    rng = np.random.default_rng(0)
     seen = set()
-    for _ in range(30):
-        params = {d.key: d.domain().sample(random_state=rng) for d in space.dims}
-        cfg = apply_params(base, params, SCHEMA)  # the whole config validated, as a trial gets it
+    for cfg in samples:
         d, t = SimpleNamespace(**cfg["dropout"]), SimpleNamespace(**cfg["train"])
         passes = ChannelDropout(d.kind, 3, seed=1, n_subsets=d.n_subsets, full_weight=d.full_weight).passes(1, 0)
         assert len(passes) == d.n_subsets and passes[0][0] == (0, 1, 2)
