@@ -8,6 +8,7 @@ from pathlib import Path
 CHECKPOINTS = "checkpoints"            # epoch_NNNN[_step_SSSSSS](.pt)
 MODEL = "model.pt"                     # final plain fp32 weights
 CONFIG = "config.yaml"                 # the resolved config of the run
+SOURCE = "source.json"                 # where it was launched from: directory, git commit, dynconv version, command
 EVAL_JSON = "eval.json"                # the final per-subset evaluation
 EVAL_MD = "eval.md"
 EVAL_PNG = "eval.png"                  # accuracy per subset and against MACs

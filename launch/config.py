@@ -294,7 +294,10 @@ class TrackingConfig(_Section):
     enabled: bool = D(True, "log to MLflow")
     uri: str | None = D(None, "tracking URI (default sqlite:///<parent of run.dir>/mlruns.db)")
     experiment: str = D("dynconv", "MLflow experiment name")
-    log_model: bool = D(True, "log the trained model as an MLflow model (registrable; dynconv eval models:/...)")
+    log_model: bool = D(True, "log the trained model as an MLflow logged model, its final per-subset metrics "
+                              "linked to it (the experiment's Models tab; dynconv eval models:/...)")
+    register_as: str | None = D(None, "also register the logged model under this name in the model registry "
+                                      "(a new version each run: models:/NAME/VERSION)")
     wait_s: float = D(120.0, "how long a run waits at its start for a tracking server that does not answer "
                              "(restarting), in seconds; later records are buffered instead", ge=0)
 

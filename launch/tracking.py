@@ -14,9 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +23,6 @@ from dynconv.fileio import atomic_write_text
 from dynconv.metric_names import logged_evaluation, logged_name
 from dynconv.run_files import (CHECKPOINTS, CONFIG, EVAL_JSON, EVAL_MD, EVAL_PNG, MLFLOW_RUN, MODEL, TRACKING_BUFFER,
                                recorded_mlflow_run)
-from dynconv.train.checkpoint import checkpoint_manifest
 from dynconv.train import FitResult, Logger, StoppedEarly, TrainingPreempted
 
 from .mlflow_store import existing_store, is_unreachable, mlflow_client, store_errors
@@ -71,22 +67,19 @@ def run_page(server: str, experiment_id: str, run_id: str) -> str:
 
 
 def context_tags() -> dict[str, str]:
-    """MLflow's standard run context (user, source, git commit: what its fluent API would record), the git
-    checkout's dirty flag, the command line and the host the run's main process runs on."""
+    """MLflow's standard run context (user, source) and the run's provenance (:mod:`.provenance`: the launch
+    directory's git commit and dirty flag, dynconv's version and checkout, the command line), and the host the
+    run's main process runs on. MLflow's own git tags describe the checkout of ``sys.argv[0]`` (dynconv's
+    entry point): replaced by the launch directory's."""
     import socket
 
     from mlflow.tracking.context.registry import resolve_tags
 
-    tags = {k: str(v) for k, v in resolve_tags().items()}
+    from .provenance import provenance
+
+    tags = {k: str(v) for k, v in resolve_tags().items() if not k.startswith("mlflow.source.git.")}
+    tags.update(provenance())
     tags["dynconv.host"] = socket.gethostname()
-    tags["dynconv.command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000]
-    if "mlflow.source.git.commit" in tags:
-        try:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, timeout=10, cwd=Path.cwd()).stdout.strip()
-            tags["dynconv.git.dirty"] = str(bool(dirty)).lower()
-        except (OSError, subprocess.TimeoutExpired):
-            pass
     return tags
 
 
@@ -194,6 +187,16 @@ class MlflowRun:
                                   synchronous=True)
         elif op == "artifact":
             self.client.log_artifact(self.run_id, record["path"], record.get("folder"))
+        elif op == "table":
+            self.client.log_table(self.run_id, data=record["data"], artifact_file=record["file"])
+        elif op == "model":
+            from .mlflow_model import log_logged_model
+
+            model_id = log_logged_model(self.uri, self.run_id, Path(record["checkpoint"]), Path(record["folder"]),
+                                        record["metrics"], record["step"], record.get("register_as"),
+                                        record.get("tags"))
+            log.info(f"MLflow logged model {model_id}" + (f", registered as {record['register_as']}"
+                                                          if record.get("register_as") else ""))
         elif op == "terminate":
             self.client.set_terminated(self.run_id, status=record["status"])
         else:
@@ -268,9 +271,23 @@ class MlflowRun:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._record({"op": "artifact", "path": str(Path(path).resolve()), "folder": folder})
 
-    def log_evaluation(self, report: dict, files: list[Path]) -> None:
-        """Per-subset metrics as ``subset/RGB/acc``, ``subset/RG/f1``, ``subset/B/macs``, ... plus the report files."""
-        self.log_metrics(logged_evaluation(report["subsets"], report["summary"]))
+    def log_table(self, data: dict[str, list], file: str) -> None:
+        """A table artifact (``mlflow.log_table``: the UI shows it as a table)."""
+        self._record({"op": "table", "data": data, "file": file})
+
+    def log_model(self, checkpoint: Path, folder: Path, metrics: dict[str, float], step: int,
+                  register_as: str | None = None, tags: dict[str, str] | None = None) -> None:
+        """``checkpoint`` as the run's logged model, ``metrics`` linked to it (:func:`.mlflow_model.log_logged_model`)."""
+        self._record({"op": "model", "checkpoint": str(Path(checkpoint).resolve()), "folder": str(Path(folder).resolve()),
+                      "metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "register_as": register_as,
+                      "tags": tags})
+
+    def log_evaluation(self, report: dict, files: list[Path], metrics: bool = True) -> None:
+        """Per-subset metrics as ``subset/RGB/acc``, ``subset/RG/f1``, ``subset/B/macs``, ... (unless ``metrics``
+        is False: logged with the model), the per-subset table (``eval_table.json``) and the report files."""
+        if metrics:
+            self.log_metrics(logged_evaluation(report["subsets"], report["summary"]))
+        self.log_table(subset_table(report), EVAL_TABLE)
         for f in files:
             self.log_artifact(f)
 
@@ -302,11 +319,11 @@ class MlflowTracking(Logger):
     (``SCHEDULED`` when pre-empted, ``FINISHED`` when a scheduler stopped it early, else ``FAILED``/``KILLED``)."""
 
     def __init__(self, uri: str, experiment: str, run_dir: Path, run_name: str | None, params: dict, tags: dict,
-                 resume: bool, inputs: list | None = None, manifest: dict | None = None, log_model: bool = False,
+                 resume: bool, inputs: list | None = None, log_model: bool = False, register_as: str | None = None,
                  wait_s: float = 0.0):
         self.uri, self.args, self.inputs = uri, (experiment, run_dir, run_name, params, tags, resume), inputs or []
         self.wait_s = wait_s
-        self.manifest, self.log_model = manifest, log_model and manifest is not None
+        self.log_model, self.register_as = log_model, register_as
         self.run: MlflowRun | None = None
         self.finished = False
 
@@ -353,7 +370,7 @@ class MlflowTracking(Logger):
 
     def on_fit_end(self, result: FitResult) -> None:
         log_final(self.run, Path(self.args[1]), result.final_checkpoint, result.report, result.files,
-                  self.manifest if self.log_model else None)
+                  self.log_model, self.register_as)
         self.finished = True
 
     def on_exception(self, exc: BaseException) -> None:
@@ -364,24 +381,51 @@ class MlflowTracking(Logger):
         self.run.finish(exit_status(exc))
 
 
-def log_final(run: MlflowRun, run_dir: Path, checkpoint: Path, report: dict | None, files: list[Path],
-              manifest: dict | None) -> None:
-    """The end of a training's run: the final checkpoint, the MLflow model (with ``manifest``), the final
-    evaluation and its files, status FINISHED."""
-    run.log_artifact(checkpoint, CHECKPOINTS)
-    if manifest is not None:
-        from .mlflow_model import MODEL_ARTIFACT, save_pyfunc
+EVAL_TABLE = "eval_table.json"  # the per-subset table among the run's artifacts
 
-        folder = run_dir / MODEL_ARTIFACT  # a folder in run.dir, kept for replays from the buffer
-        if folder.exists():
-            shutil.rmtree(folder)
-        run.log_artifact(save_pyfunc(checkpoint, manifest, folder), None)
+
+def subset_table(report: dict) -> dict[str, list]:
+    """The final evaluation as columns: one row a subset (accuracy, precision, recall, F1 in %, GMACs)."""
+    rows = report["subsets"]
+    table = {"subset": list(rows)}
+    for key, name, scale in (("accuracy", "accuracy %", 100), ("precision", "precision %", 100),
+                             ("recall", "recall %", 100), ("f1", "f1 %", 100), ("macs", "GMACs", 1e-9)):
+        if all(key in r for r in rows.values()):
+            table[name] = [round(float(r[key]) * scale, 4) for r in rows.values()]
+    return table
+
+
+def _source_tags(run: MlflowRun) -> dict[str, str] | None:
+    """The run's provenance tags (git commit and dirty flag, dynconv's version), for its logged model; None
+    when the store does not answer (the model is then logged without them)."""
+    from .provenance import GIT_COMMIT
+
+    prefixes = (GIT_COMMIT.rsplit(".", 1)[0], "dynconv.git.", "dynconv.package.", "dynconv.version")
+    try:
+        return {k: v for k, v in run.client.get_run(run.run_id).data.tags.items() if k.startswith(prefixes)}
+    except Exception:  # noqa: BLE001 - tracking never stops a run
+        return None
+
+
+def log_final(run: MlflowRun, run_dir: Path, checkpoint: Path, report: dict | None, files: list[Path],
+              log_model: bool, register_as: str | None = None) -> None:
+    """The end of a training's run: the final checkpoint; with ``log_model``, the MLflow logged model with the
+    final per-subset metrics linked to it (else those metrics on the run alone); the per-subset table and the
+    report files; status FINISHED."""
+    run.log_artifact(checkpoint, CHECKPOINTS)
+    metrics = logged_evaluation(report["subsets"], report["summary"]) if report is not None else {}
+    if log_model:
+        from .mlflow_model import MODEL_ARTIFACT
+
+        step = int((report or {}).get("training", {}).get("epochs", 0))
+        # the model's files go to a folder in run.dir, kept for replays from the buffer
+        run.log_model(checkpoint, run_dir / MODEL_ARTIFACT, metrics, step, register_as, _source_tags(run))
     if report is not None:
-        run.log_evaluation(report, files)
+        run.log_evaluation(report, files, metrics=not log_model)
     run.finish("FINISHED")
 
 
-def complete_finished_run(run_dir: Path, done: dict, log_model: bool) -> bool:
+def complete_finished_run(run_dir: Path, done: dict, log_model: bool, register_as: str | None = None) -> bool:
     """Log the end of a run whose training and final evaluation are on disk (``done``: its summary, with its
     MLflow run) but whose MLflow run never got them (the process was killed between writing ``eval.json`` and
     the run's end); ``True`` if it did. A run that has its final evaluation, or whose buffer holds its end, is
@@ -398,7 +442,7 @@ def complete_finished_run(run_dir: Path, done: dict, log_model: bool) -> bool:
         log.info(f"the MLflow run {run_id} lacks the final evaluation (the process ended before it was logged): "
                  "logging it from run.dir")
         files = [run_dir / f for f in (EVAL_JSON, EVAL_MD, EVAL_PNG, CONFIG) if (run_dir / f).exists()]
-        log_final(run, run_dir, run_dir / MODEL, report, files, checkpoint_manifest(run_dir / MODEL) if log_model else None)
+        log_final(run, run_dir, run_dir / MODEL, report, files, log_model, register_as)
         return True
     except Exception as e:  # noqa: BLE001 - tracking never stops a run
         warnings.warn(f"could not complete MLflow run {run_id}: {str(e).splitlines()[0][:120]}", stacklevel=2)
@@ -463,8 +507,8 @@ def training_tracker(cfg, data, manifest: dict, resumed: bool, tags: dict | None
         tags[DATASETS_TAG] = json.dumps([{"name": p.name, "channels": p.channels} for p in data.parts])
     return MlflowTracking(uri, cfg.tracking.experiment, run_dir, cfg.run.name or run_dir.name,
                           params=run_params(cfg, manifest["model_kwargs"], data.stats, uri), tags=tags,
-                          resume=resumed, inputs=data.inputs(), manifest=manifest, log_model=cfg.tracking.log_model,
-                          wait_s=cfg.tracking.wait_s)
+                          resume=resumed, inputs=data.inputs(), log_model=cfg.tracking.log_model,
+                          register_as=cfg.tracking.register_as, wait_s=cfg.tracking.wait_s)
 
 
 def tag_recorded_run(run_dir: Path, tags: dict[str, str]) -> None:

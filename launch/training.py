@@ -2,6 +2,7 @@
 -> fit -> a summary."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ from dynconv.choices import SUBSET_NORMS
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text, read_json
 from dynconv.models import create_model
-from dynconv.run_files import CONFIG, EVAL_JSON, MODEL, recorded_mlflow_run
+from dynconv.run_files import CONFIG, EVAL_JSON, MODEL, SOURCE, recorded_mlflow_run
 from dynconv.train import FitSpec, Hook, Strategy, build_optimizer, build_scheduler, build_strategy, fit, latest_checkpoint
 from dynconv.train.checkpoint import checkpoint_manifest, load_checkpoint, make_manifest, model_from_checkpoint
 from dynconv.train.distributed import DistInfo, barrier, init_distributed, same_error_everywhere
@@ -31,6 +32,7 @@ from dynconv.train.strategies import DeepSpeedOptions
 from .config import Config, dump_yaml
 from .evaluation import FinalEvaluation, resolve_device
 from .mixture import manifest_datasets
+from .provenance import provenance
 from .training_data import TrainingData
 
 log = logging.getLogger("dynconv")
@@ -63,6 +65,8 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             if dist.is_main:  # one process per run folder; released on any exit
                 stack.enter_context(RunLock(run_dir))
                 atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
+                if found is None or not (run_dir / SOURCE).exists():  # a resumed run keeps where it began
+                    atomic_write_text(run_dir / SOURCE, json.dumps(provenance(), indent=1))
         barrier()  # every process has checked run.dir before the main one writes to it
         macs = subset_macs(model, data, cfg.data.image_size)  # before a strategy wraps, compiles or shards it
         scheduler, ema = _optimisation(cfg, model, strategy, data)
@@ -249,7 +253,7 @@ def _already_finished(cfg: Config, done: dict, dist: DistInfo, stack: ExitStack,
         from .tracking import complete_finished_run
 
         stack.enter_context(RunLock(run_dir))  # it may write the buffer and the model folder
-        complete_finished_run(run_dir, done, cfg.tracking.log_model)
+        complete_finished_run(run_dir, done, cfg.tracking.log_model, cfg.tracking.register_as)
     return done
 
 

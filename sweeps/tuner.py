@@ -31,8 +31,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     # reuse requires reset_config() ..."): too short on a busy node
     env = {"PYTHONPATH": path, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
            "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")}
-    for var in ("MLFLOW_ENABLE_ASYNC_LOGGING", "TQDM_DISABLE"):
-        if var in os.environ:
+    for var in os.environ:  # the trials' settings (and dynconv's, e.g. where the sweep was launched from)
+        if var in ("MLFLOW_ENABLE_ASYNC_LOGGING", "TQDM_DISABLE") or var.startswith("DYNCONV_"):
             env[var] = os.environ[var]
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                   runtime_env={"env_vars": env})

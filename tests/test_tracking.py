@@ -191,3 +191,74 @@ def test_a_dead_server_is_told_apart_from_a_refusal():
             with store_errors("http://x"):
                 raise cause
         assert is_unreachable(e.value) is unreachable
+
+
+def test_the_researchers_record_commit_logged_model_table(tiny_data, tmp_path, monkeypatch, capsys):
+    """Launched from a git checkout with an uncommitted change: the run records that checkout's commit and
+    dirty flag (and dynconv's version) as tags and in run.dir/source.json; the model is an MLflow 3 logged model
+    with the final per-subset metrics linked to it, registered, found by search_logged_models and loadable from
+    its models:/ URI; the per-subset table is a table artifact."""
+    import subprocess
+
+    import mlflow
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from helpers import CONFIG, run_cli, train_args
+
+    repo = tmp_path / "experiments"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "exp.yaml").write_text(open(CONFIG).read())
+    subprocess.run([*git, "add", "exp.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "config"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (repo / "exp.yaml").write_text(open(CONFIG).read() + "# an uncommitted change\n")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("DYNCONV_LAUNCH_DIR", raising=False)
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    run_dir = tmp_path / "run"
+    argv = train_args(tiny_data, run_dir, "train.epochs=1", f"tracking.uri={store}", "eval.subsets=RGB,R",
+                      "data.num_workers=0", "tracking.register_as=dyn", "tracking.experiment=record")
+    argv[argv.index("--config") + 1] = "exp.yaml"
+    assert run_cli(*argv) == 0
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == commit and tags["dynconv.git.dirty"] == "true"
+    assert tags["dynconv.launch_dir"] == str(repo) and tags["dynconv.version"] == __import__("dynconv").__version__
+    assert json.loads((run_dir / "source.json").read_text())["mlflow.source.git.commit"] == commit
+
+    models = client.search_logged_models([run.info.experiment_id])
+    assert len(models) == 1
+    model = models[0]
+    assert model.source_run_id == run_id and model.status.to_int() == 2  # READY
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["subset/RGB/acc"] == pytest.approx(run.data.metrics["subset/RGB/acc"])
+    assert {"subset/R/acc", "subset/worst_subset_acc"} <= set(linked)
+    assert model.tags["mlflow.source.git.commit"] == commit
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    version = client.get_model_version("dyn", "1")
+    assert version.run_id == run_id and version.source == model.artifact_location
+
+    mlflow.set_tracking_uri(store)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert pyfunc.predict(np.zeros((2, 3, 32, 32), np.float32), params={"subset": "R"}).shape == (2, 4)
+    for uri in (f"models:/{model.model_id}", "models:/dyn/1", f"runs:/{run_id}/model"):
+        out = tmp_path / "eval.json"
+        assert run_cli("eval", uri, "--tracking-uri", store, "--data", tiny_data / "val", "--subsets", "RGB",
+                       "--json", out) == 0
+        assert json.loads(out.read_text())["subsets"]["RGB"]["accuracy"] == pytest.approx(linked["subset/RGB/acc"])
+
+    logged = json.loads(tags["mlflow.loggedArtifacts"])
+    assert {"path": "eval_table.json", "type": "table"} in logged
+    table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="eval_table.json",
+                                                                 tracking_uri=store)).read())
+    assert table["columns"][:2] == ["subset", "accuracy %"]
+    assert [row[0] for row in table["data"]] == ["RGB", "R"]
+    assert table["data"][0][1] == pytest.approx(100 * linked["subset/RGB/acc"], abs=1e-3)

@@ -33,6 +33,7 @@ def logged(server, tiny_data, module_tmp):
         extra = [f"model.name={model}", f"run.tags.study={role}", f"run.name={name}", f"train.seed={i}",
                  "train.epochs=2", f"tracking.uri={server.url}", "tracking.experiment=srv"]
         extra += [f"model.stem_mode={mode}"] if mode else ["dropout.kind=none", "model.stem_mode=null"]
+        extra += ["tracking.register_as=dyn"] if name == "dyn0" else []
         assert run_cli(*train_args(tiny_data, root / name, *extra)) == 0
     return root
 
@@ -91,16 +92,17 @@ def test_what_the_mlflow_ui_shows_through_its_rest_api(server, logged, tiny_data
     assert json.loads(inputs[0]["dataset"]["schema"])["channels"] == ["R", "G", "B"]
     run_id = run["info"]["run_id"]
     top = {f["path"] for f in _rest(server, "artifacts/list", run_id=run_id)["files"]}
-    assert {"eval.json", "eval.md", "eval.png", "config.yaml", "checkpoints", "model"} <= top
-    assert "model/MLmodel" in {f["path"] for f in _rest(server, "artifacts/list", run_id=run_id, path="model")["files"]}
+    assert {"eval.json", "eval.md", "eval.png", "config.yaml", "checkpoints", "eval_table.json"} <= top
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(server.url)
-    client.create_registered_model("dyn")
-    client.create_model_version("dyn", f"runs:/{run_id}/model", run_id=run_id)
+    [model] = [m for m in client.search_logged_models([exp["experiment_id"]]) if m.source_run_id == run_id]
+    assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+    assert {m.key for m in model.metrics} >= {"subset/RGB/acc", "subset/mean_subset_acc"}
+    assert client.get_model_version("dyn", "1").run_id == run_id  # tracking.register_as=dyn
     capsys.readouterr()
-    for uri in (f"runs:/{run_id}/model", "models:/dyn/1"):
+    for uri in (f"runs:/{run_id}/model", "models:/dyn/1", f"models:/{model.model_id}"):
         out = tmp_path / f"{uri.split(':')[0]}.json"
         assert run_cli("eval", uri, "--tracking-uri", server.url, "--data", tiny_data / "val", "--subsets", "RGB,R",
                        "--json", out) == 0

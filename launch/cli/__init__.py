@@ -13,6 +13,7 @@ from dynconv import __version__
 from dynconv.errors import DynconvError
 
 from ..console import INTERRUPTED, log_to_stdout, say
+from ..provenance import launch_dir_remembered
 
 from . import (ablate, calibrate, cancel, compare, convert, data, demo, evaluate, export, flops, jobs, logs,
                mlflow_server, recipes, report, submit, sweep, sync, train)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     log_to_stdout()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with launch_dir_remembered():
+            return args.func(args)
     except DynconvError as e:
         say(f"dynconv: error: {e}")
         return 2
