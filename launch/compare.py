@@ -198,8 +198,11 @@ def render(rows: list[dict], fmt: str) -> str:
     return note + ".\n\n" + "\n".join(lines) + "\n"
 
 
-# columns given up first when a table does not fit the terminal (the subsets, mean and worst stay)
-DROP_ORDER = ("stem", "epochs", "dropout", "macs", "f1", "model", "stem_mode", "norm", "d_full", "d_worst")
+# the columns that say which run a row is, most telling first: the last given up when a table is narrowed
+IDENTITY_COLUMNS = ("model", "stem_mode", "norm", "dropout", "stem")
+# columns given up first when a table does not fit the terminal (run, the subsets, mean and worst stay):
+# the read-outs of a run first, then what identifies it, the model last
+DROP_ORDER = ("epochs", "macs", "f1", "d_full", "d_worst", *reversed(IDENTITY_COLUMNS))
 
 
 def header(col: str, rows: list[dict]) -> str:
@@ -211,7 +214,8 @@ def header(col: str, rows: list[dict]) -> str:
 
 
 def fit_columns(rows: list[dict], width: int) -> tuple[list[str], list[str]]:
-    """The columns that fit ``width`` characters (and the ones left out), dropping by :data:`DROP_ORDER`."""
+    """The columns that fit ``width`` characters (and the ones left out, in the order given up), dropping by
+    :data:`DROP_ORDER` — what identifies a run (:data:`IDENTITY_COLUMNS`, the model first) goes last."""
     cols = _columns(rows)
 
     def needed(cs):  # rich: 3 characters of padding and border per column, plus one
@@ -223,6 +227,13 @@ def fit_columns(rows: list[dict], width: int) -> tuple[list[str], list[str]]:
         if c in cols:
             cols.remove(c)
             dropped.append(c)
+    # the last column dropped made room: a narrower read-out given up before it may fit again (not an identifying
+    # column: a table that lost the model does not keep its stem instead)
+    for c in [c for c in reversed(dropped[:-1]) if c not in IDENTITY_COLUMNS]:
+        kept = [x for x in _columns(rows) if x in cols or x == c]
+        if needed(kept) <= width:
+            cols = kept
+            dropped.remove(c)
     return cols, dropped
 
 

@@ -211,14 +211,20 @@ class TrainConfig(_Section):
     every_steps: int = D(0, "also checkpoint every N optimiser steps within an epoch (0: epoch ends only)", ge=0)
     log_every_steps: int = D(50, "a progress line every N steps: step, loss, images/s, time left (0: off)", ge=0)
     channels_last: bool = D(False, "channels_last memory format (faster convolutions on GPUs)")
-    teacher: str | None = D(None, "distil from this checkpoint (it sees every channel, the student the subset)")
+    teacher: str | None = D(None, "distil from this checkpoint of the same channels, classes and normalisation "
+                                  "(it sees every channel, the student the step's subset)")
     distill_alpha: float = D(0.5, "weight of the soft-target loss (1 - alpha: the labels' cross-entropy)", ge=0, le=1)
-    distill_temperature: float = D(2.0, "distillation temperature", gt=0)
+    distill_temperature: float = D(2.0, "T of the soft targets: both models' logits divided by T, the loss "
+                                        "scaled by T²", gt=0)
     inplace_distill: bool = D(False, "dropout.kind=sandwich: the subsets' passes learn from the full input's "
                                      "predictions (detached; the full input from the labels), as US-Nets do")
-    inplace_temperature: float = D(1.0, "in-place distillation temperature", gt=0)
-    ema_decay: float = D(0.0, "average the weights after every step, e.g. 0.999 (0: off)", ge=0, lt=1)
-    ema_final: bool = D(True, "with ema_decay: evaluate the average and write it as model.pt")
+    inplace_temperature: float = D(1.0, "inplace_distill: T of the full input's soft targets, as "
+                                        "train.distill_temperature", gt=0)
+    ema_decay: float = D(0.0, "exponential moving average of the weights (and BatchNorm statistics) after every "
+                              "optimiser step, e.g. 0.999, warmed up over the first steps (0: off)", ge=0, lt=1)
+    ema_final: bool = D(True, "with ema_decay: validate, calibrate and evaluate the average and write it as "
+                              "model.pt (false: the live weights; the other one's val_acc is logged as "
+                              "val_acc_live / val_acc_ema)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -270,6 +276,8 @@ class EvalConfig(_Section):
     batch_size: int = D(256, "evaluation batch size", ge=1)
     every_epoch: bool | Literal["auto"] = D("auto", "also score eval.subsets every epoch (val_acc_<subset>, mean, "
                                              "worst); auto: when that costs at most one epoch's images")
+    table_every: int = D(0, "with per-epoch subset scores: print them as a table every N epochs (0: only the "
+                            "final evaluation's table)", ge=0)
 
 
 class CalibrationConfig(_Section):

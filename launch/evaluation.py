@@ -36,8 +36,9 @@ def check_classes(source: DataSource, num_classes: int, trained_on: list[str] | 
     if source.classes is None:
         return
     if len(source.classes) != num_classes:
-        raise DynconvError(f"{what} has {len(source.classes)} classes but the model has {num_classes}: "
-                           f"set model.num_classes={len(source.classes)} or use matching data")
+        raise DynconvError(f"{what} has {len(source.classes)} classes but the model has {num_classes} "
+                           f"(model.num_classes={num_classes}): use data with {num_classes} class folders, or train "
+                           f"a model with model.num_classes={len(source.classes)}")
     if trained_on and list(trained_on) != list(source.classes):
         raise DynconvError(f"{what} has classes {source.classes[:3]}... but the model was trained on "
                            f"{list(trained_on)[:3]}...: evaluate on data with the same class folders")

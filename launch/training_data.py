@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from dynconv.channels import Subset, num_channels, parse_subsets, subsets_within
 from dynconv.data import AugmentParams, BatchTransform, DataSource, build_source, default_stats
+from dynconv.data.folder import missing_data_message
 from dynconv.data.loaders import training_set_stats
 from dynconv.data.mixture import MixturePart, MixtureSource
 from dynconv.dropout import ChannelDropout
@@ -110,6 +112,10 @@ class TrainingData:
         # training on the CPU: FFCV's pipeline threads normalise (as FFCV's recipe does) instead of the training
         # thread; on an accelerator the uint8 batch is a quarter of the bytes to copy and the device normalises
         fuse = device.type == "cpu" and (self.augment is None or self.on_loader)
+        for ds in self.datasets:  # a path that is not there: one line naming its key, before any loader starts
+            for path, key in ((ds.path, ds.key), (ds.val, f"{ds.key}.val" if self.mixture else "data.val")):
+                if not Path(path).exists():
+                    raise DynconvError(missing_data_message(path, key))
         for ds in self.datasets:
             fused = ds.stats if fuse else None
             ds.train = build_source(ds.path, image_size=d.image_size,

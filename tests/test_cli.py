@@ -202,3 +202,121 @@ def test_stem_args_reach_the_model_its_checkpoint_and_eval(tiny_data, tmp_path):
     assert json.loads(out.read_text())["subsets"] == json.loads((run_dir / "eval.json").read_text())["subsets"]
     bad = cli(*train_args(tiny_data, tmp_path / "bad", "model.stem_mode=hypernet", "model.stem_args.templates=4"))
     assert_one_line_error(bad, "stem_mode=hypernet has no setting 'templates' (takes embed_dim, hidden, init_std)")
+
+
+# ---- help text: wrapped to the terminal ----------------------------------------------------------------
+
+def test_every_help_fits_100_columns(monkeypatch, capsys):
+    """`dynconv train --help` printed its config keys on lines of up to 180 characters; every command's help,
+    the keys included, now wraps to the terminal (COLUMNS, as argparse reads it)."""
+    import argparse
+
+    from dynconv.launch.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = build_parser()
+    helps = {"dynconv": parser.format_help()}
+    todo = [("dynconv", parser)]
+    while todo:
+        name, p = todo.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    helps[f"{name} {sub_name}"] = sub.format_help()
+                    todo.append((f"{name} {sub_name}", sub))
+    assert len(helps) > 20 and "dynconv train" in helps and "dynconv data synth" in helps
+    with pytest.raises(SystemExit) as done:
+        run_cli("train", "--help")
+    assert done.value.code == 0
+    helps["dynconv train --help"] = capsys.readouterr().out
+    assert "train.ema_decay" in helps["dynconv train --help"]
+    wide = {name: [line for line in text.splitlines() if len(line) > 100] for name, text in helps.items()}
+    assert not any(wide.values()), {name: lines[:2] for name, lines in wide.items() if lines}
+
+
+# ---- error hints: one line that says what to do ----------------------------------------------------------
+
+def _in_process(capsys, *argv):
+    """``dynconv ARGV`` in this process, as :func:`helpers.assert_one_line_error` reads a subprocess."""
+    from types import SimpleNamespace
+
+    capsys.readouterr()
+    code = run_cli(*argv)
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
+def build_parser_help(*names: str) -> str:
+    """The help of the subcommand ``names`` (e.g. data synth)."""
+    import argparse
+
+    from dynconv.launch.cli import build_parser
+
+    parser = build_parser()
+    for name in names:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser.format_help()
+
+
+def test_a_config_passed_as_checkpoint_says_it_is_a_config(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("data:\n  train: d/train\n  val: d/val\nrun:\n  dir: runs/study\n")
+    proc = _in_process(capsys, "eval", config, "--data", tmp_path / "val")
+    assert_one_line_error(proc, f"{config} is a config file, not a checkpoint: train with it ('dynconv train "
+                                f"--config {config}'), then pass the model it writes (runs/study/model.pt)")
+    for name in ("demo.txt", "demo"):  # by what it holds, whatever its name
+        (tmp_path / name).write_text(CONFIG.read_text())
+        assert_one_line_error(_in_process(capsys, "eval", tmp_path / name, "--data", tmp_path / "val"),
+                              "is a config file, not a checkpoint: train with it ('dynconv train --config")
+    (tmp_path / "eval.json").write_text('{"model": "resnet18", "subsets": {}}')
+    assert_one_line_error(_in_process(capsys, "eval", tmp_path / "eval.json", "--data", tmp_path / "val"),
+                          "eval.json is a text file (.json), not a checkpoint: pass a file written by 'dynconv train'")
+    (tmp_path / "notes").write_text("hi\n")  # once a KeyError's traceback from the unpickler
+    assert_one_line_error(_in_process(capsys, "eval", tmp_path / "notes", "--data", tmp_path / "val"),
+                          "notes is a text file, not a checkpoint")
+
+
+def test_a_missing_data_path_says_how_to_make_a_synthetic_set(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["train", "--config", CONFIG, "tracking.enabled=false", f"run.dir={run_dir}", "data.num_workers=0"]
+    data = tmp_path / "shapes"
+    proc = _in_process(capsys, *common, f"data.train={data / 'train'}", f"data.val={data / 'val'}")
+    assert_one_line_error(proc, f"data.train {data / 'train'} does not exist: check the path, or make a synthetic "
+                                f"data set there with 'dynconv data synth {data}' (it writes {data}/train and "
+                                f"{data}/val)")
+    assert not run_dir.exists()
+    beton = _in_process(capsys, *common, f"data.train={tmp_path / 'train.beton'}", f"data.val={tmp_path / 'val.beton'}")
+    assert_one_line_error(beton, "create it from an image folder with 'dynconv convert IMAGE_FOLDER "
+                                 f"{tmp_path / 'train.beton'}'")
+    assert "'dynconv data synth DIR' writes a synthetic set" in beton.stderr
+    assert "usage: dynconv data synth [-h]" in build_parser_help("data", "synth")  # the command the hint names
+    from dynconv.data.synth import write_dataset
+
+    write_dataset(data, num_classes=2, train_per_class=1, val_per_class=1, size=16)
+    proc = _in_process(capsys, *common, f"data.train={data / 'train'}", f"data.val={data / 'nope'}")
+    assert_one_line_error(proc, f"data.val {data / 'nope'} does not exist: check the path, or make a synthetic "
+                                "data set with 'dynconv data synth DIR' (it writes DIR/train and DIR/val)")
+    # the library's own message (dynconv eval, convert) says the same without a key
+    assert_one_line_error(_in_process(capsys, "convert", tmp_path / "x" / "val", tmp_path / "x.beton"),
+                          f"data path {tmp_path / 'x' / 'val'} does not exist: check the path, or make a synthetic "
+                          f"data set there with 'dynconv data synth {tmp_path / 'x'}'")
+
+
+def test_eval_on_data_of_another_class_count_names_model_num_classes(tmp_path, capsys):
+    """No training: a checkpoint of an untrained 3-class model, evaluated on a 2-class set."""
+    import torch
+
+    from dynconv.data.synth import write_dataset
+    from dynconv.models import create_model, resolve_model_kwargs
+    from dynconv.train.checkpoint import make_manifest
+
+    kwargs = resolve_model_kwargs("resnet18", num_classes=3, in_chans=3, width=TEST_WIDTH)
+    model = create_model("resnet18", **kwargs)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"dynconv": make_manifest("resnet18", kwargs, "RGB", 16, [0.5] * 3, [0.25] * 3, ["a", "b", "c"]),
+                "model": model.state_dict()}, ckpt)
+    data = write_dataset(tmp_path / "two", num_classes=2, train_per_class=1, val_per_class=2, size=16)
+    proc = _in_process(capsys, "eval", ckpt, "--data", data / "val", "--workers", "0")
+    assert_one_line_error(proc, "has 2 classes but the model has 3")
+    assert "model.num_classes" in proc.stderr

@@ -106,3 +106,23 @@ def test_the_terminal_table_fits_the_terminal(width, capsys, monkeypatch):
     print_rich(rows)
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= width and "…" not in out and "accuracy in %" in out
+
+
+def test_a_narrowed_table_keeps_what_identifies_a_run_the_model_first(capsys, monkeypatch):
+    """At 100 columns the table used to give up the model before the stem mode and norm: the read-outs go first,
+    then what identifies a run, the model last of all."""
+    from dynconv.launch.compare import DROP_ORDER, IDENTITY_COLUMNS, fit_columns, print_rich
+
+    rows = [_row("seed0"), _row("seed1")]
+    cols, dropped = fit_columns(rows, 100)
+    assert "model" in cols and {"epochs", "macs", "f1"} <= set(dropped)
+    assert {"run", "acc_RGB", "acc_B", "mean_subset_acc", "worst_subset_acc"} <= set(cols)
+    for width in range(60, 201, 5):  # at any width: an identifying column is kept only with every one before it
+        cols, _ = fit_columns(rows, width)
+        kept = [c in cols for c in IDENTITY_COLUMNS]
+        assert kept == sorted(kept, reverse=True), (width, cols)
+    assert DROP_ORDER[-1] == "model" and set(IDENTITY_COLUMNS) <= set(DROP_ORDER)
+    monkeypatch.setenv("COLUMNS", "100")
+    print_rich(rows)
+    out = capsys.readouterr().out
+    assert "dynamic_resnet18" in out and max(len(line) for line in out.splitlines()) <= 100

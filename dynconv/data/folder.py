@@ -72,6 +72,22 @@ def _check_image(path: Path) -> str | None:
         return "not an image" if isinstance(e, UnidentifiedImageError) else f"corrupt: {e.__class__.__name__}"
 
 
+def missing_data_message(path: str | Path, key: str = "data path") -> str:
+    """One line for a data set ``path`` that does not exist (``key``: what named it, e.g. ``data.train``):
+    what to check, how to make a ``.beton``, and how to make a synthetic set to try things on."""
+    path = Path(path)
+    if path.suffix == ".beton":
+        return (f"{key} {path} does not exist: create it from an image folder with 'dynconv convert IMAGE_FOLDER "
+                f"{path}' (no images yet? 'dynconv data synth DIR' writes a synthetic set, DIR/train and DIR/val)")
+    parent = path.parent
+    if path.name in ("train", "val") and parent != Path(".") and not (parent.exists() and any(parent.iterdir())):
+        synth = (f"make a synthetic data set there with 'dynconv data synth {parent}' (it writes {parent}/train and "
+                 f"{parent}/val)")
+    else:
+        synth = "make a synthetic data set with 'dynconv data synth DIR' (it writes DIR/train and DIR/val)"
+    return f"{key} {path} does not exist: check the path, or {synth}"
+
+
 def scan_image_folder(root: str | Path, strict: bool = False) -> FolderIndex:
     """Index ``root/<class>/*`` (classes sorted by name, as torchvision's ImageFolder).
 
@@ -81,7 +97,7 @@ def scan_image_folder(root: str | Path, strict: bool = False) -> FolderIndex:
     """
     root = Path(root)
     if not root.exists():
-        raise DynconvError(f"data path {root} does not exist: check the path (or run 'dynconv data synth {root.parent}')")
+        raise DynconvError(missing_data_message(root))
     if not root.is_dir():
         raise DynconvError(f"data path {root} is neither a folder of class folders nor a .beton file")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -19,7 +19,7 @@ from ..choices import DATA_BACKENDS, DECODERS, check_choice
 from ..errors import DynconvError
 from ..extras import require
 from .augment import AugmentParams, SampleAugment
-from .folder import ImageFolderDataset, num_channels, scan_image_folder, square_resize
+from .folder import ImageFolderDataset, missing_data_message, num_channels, scan_image_folder, square_resize
 from .stats import FOLDER_SAMPLES, folder_stats
 
 LOADER_TIMEOUT_S = 600  # a worker that produces nothing for this long is an error, never a silent hang
@@ -186,7 +186,7 @@ class EpochTagged(Sampler):
 
 def check_beton_exists(path: Path) -> None:
     if not path.is_file():
-        raise DynconvError(f"data file {path} does not exist: create it with 'dynconv convert IMAGE_FOLDER {path}'")
+        raise DynconvError(missing_data_message(path, "data file"))
 
 
 def training_set_stats(path: str | Path, image_size: int) -> tuple[list[float], list[float], str]:

@@ -41,13 +41,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # a pickle that would run code, or a class outside plain tensors and data
-        raise DynconvError(f"{path} is not a loadable dynconv checkpoint (it holds objects other than tensors and "
+        raise DynconvError(_text_file_message(path) or
+                           f"{path} is not a loadable dynconv checkpoint (it holds objects other than tensors and "
                            "plain data; dynconv refuses to unpickle them)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
-        what = f"a {path.suffix} file" if path.suffix.lower() in (".yaml", ".yml", ".json", ".md", ".txt") else \
-            "not a PyTorch file, or cut short"
-        raise DynconvError(f"{path} is not a loadable dynconv checkpoint ({what}): pass a file written by 'dynconv "
-                           "train', such as run.dir/model.pt") from None
+    except Exception:  # RuntimeError, EOFError, BadZipFile, ...; garbage makes the unpickler fail in any way (KeyError)
+        raise DynconvError(_text_file_message(path) or
+                           f"{path} is not a loadable dynconv checkpoint (not a PyTorch file, or cut short): pass a "
+                           "file written by 'dynconv train', such as run.dir/model.pt") from None
     manifest = ckpt.get("dynconv") if isinstance(ckpt, dict) else None
     if not isinstance(manifest, dict):
         raise DynconvError(f"{path} is not a dynconv checkpoint (no 'dynconv' manifest): pass a file written by 'dynconv train'")
@@ -56,6 +56,32 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                            f"({FORMAT_VERSION}): upgrade dynconv")
     resolve_manifest(manifest)
     return ckpt
+
+
+def _text_file_message(path: Path) -> str | None:
+    """What to say of a text file passed as a checkpoint (a config, a report), or None for any other file."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 20)
+        text = head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if "\0" in text:
+        return None
+    from ..fileio import parse_yaml
+
+    try:
+        data = parse_yaml(text)
+    except Exception:  # not YAML either: a text file all the same
+        data = None
+    sections = isinstance(data, dict) and data and all(isinstance(v, dict) or v is None for v in data.values())
+    if path.suffix.lower() in (".yaml", ".yml") or sections:  # data:, model:, train:, ... : a training config
+        run = (data.get("run") or {}) if isinstance(data, dict) else {}
+        run_dir = run.get("dir") if isinstance(run, dict) and isinstance(run.get("dir"), str) else "run.dir"
+        return (f"{path} is a config file, not a checkpoint: train with it ('dynconv train --config {path}'), "
+                f"then pass the model it writes ({run_dir}/model.pt)")
+    return (f"{path} is a text file{f' ({path.suffix})' if path.suffix else ''}, not a checkpoint: pass a file written "
+            "by 'dynconv train', such as run.dir/model.pt")
 
 
 def resolve_manifest(manifest: dict) -> dict:

@@ -14,18 +14,9 @@ class _HelpWithKeys(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from ..config import key_table
+        from ..config_docs import help_text
 
-        rows = key_table()
-        width = max(len(k) for k, *_ in rows)
-        lines = [parser.format_help(), "config keys (dotted.key=value; type, default, meaning):"]
-        section = None
-        for key, typ, default, doc in rows:
-            if key.split(".")[0] != section:
-                section = key.split(".")[0]
-                lines.append("")
-            lines.append(f"  {key:<{width}}  {typ} = {default}" + (f"\n  {'':<{width}}  {doc}" if doc else ""))
-        print("\n".join(lines))
+        print(parser.format_help() + "\n" + help_text())  # both wrapped to the terminal's width
         parser.exit()
 
 
