@@ -85,7 +85,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             epochs=t.epochs, device=device, train_transform=train_transform, eval_transform=eval_transform,
             parts=data.parts, dropout=data.dropout, run_dir=run_dir, manifest=manifest,
             label_smoothing=t.label_smoothing, keep_checkpoints=t.keep_checkpoints,
-            log_every_steps=t.log_every_steps, max_bad_steps=t.max_bad_steps, hooks=own + list(hooks),
+            log_every_steps=t.log_every_steps, table_every=cfg.eval.table_every if every_epoch else 0, max_bad_steps=t.max_bad_steps, hooks=own + list(hooks),
             val_subsets=data.datasets[0].subsets if every_epoch and not data.mixture else (),
             channels=data.channels, channels_last=t.channels_last, every_steps=t.every_steps,
             resolution=_resolution_schedule(cfg), ema=ema, ship_ema=ema is not None and t.ema_final,

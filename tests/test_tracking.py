@@ -262,3 +262,25 @@ def test_the_researchers_record_commit_logged_model_table(tiny_data, tmp_path, m
     assert table["columns"][:2] == ["subset", "accuracy %"]
     assert [row[0] for row in table["data"]] == ["RGB", "R"]
     assert table["data"][0][1] == pytest.approx(100 * linked["subset/RGB/acc"], abs=1e-3)
+
+
+def test_the_epoch_line_and_the_subset_table_fit_100_columns():
+    """One short line an epoch, named as in MLflow (time/epoch_s, time/data_wait_s); the per-subset table wraps
+    its cells at 100 columns, also for 5 channels' 31 subsets."""
+    from dynconv.channels import all_subsets
+    from dynconv.train.loop import epoch_line, subset_table_lines
+
+    metrics = {"train_loss": 0.8123, "train_acc": 0.71, "data_wait_s": 0.31, "image_passes": 3000.0,
+               "train_macs": 4.4e11, "lr": 0.01, "calibration_time_s": 3.2, "calibration_images": 128.0,
+               "val_acc": 1.0, "val_mean_subset_acc": 0.9, "val_worst_subset_acc": 0.689, "epoch_time_s": 135.4,
+               **{f"val_acc_{s}": 0.9 for s in ("RGB", "RG", "RB", "GB", "R", "G", "B")}}
+    assert epoch_line(12, 12, {**metrics, "val_acc": 0.993, "epoch_time_s": 35.4}) == (
+        "epoch 12/12  train_loss=0.812 val_acc=99.3% mean=90.0% worst=68.9%  epoch_s=35.4 data_wait_s=0.31")
+    assert len(epoch_line(100, 100, {**metrics, "epoch_time_s": 1234.5, "data_wait_s": 123.45})) <= 100
+    assert epoch_line(1, 2, {"train_loss": 1.0, "train_acc": 0.5, "epoch_time_s": 2.0}) == \
+        "epoch 1/2  train_loss=1.000 train_acc=50.0%  epoch_s=2"
+    subsets = all_subsets(5)
+    rows = subset_table_lines({f"val_acc_{n}": 0.5 for n in __import__("itertools").chain.from_iterable(
+        [[ "".join("ABCDE"[i] for i in s)] for s in subsets])}, "ABCDE", subsets)
+    assert all(len(r) <= 100 for r in rows) and sum(r.count("%") for r in rows) == 31
+    assert rows[0].split()[:2] == ["ABCDE", "50.0%"]

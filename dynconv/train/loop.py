@@ -20,8 +20,8 @@ from ..data.mixture import MixturePart
 from ..dropout import ChannelDropout
 from ..errors import DynconvError
 from ..evaluate import predict_subsets, subset_accuracies
-from ..metric_names import (DATA_WAIT, EPOCH_TIME, IMAGE_PASSES, MEAN_SUBSET_ACC, TRAIN_MACS, TRAIN_SECONDS,
-                            WORST_SUBSET_ACC, metric_name)
+from ..metric_names import (DATA_WAIT, EPOCH_TIME, IMAGE_PASSES, MEAN_SUBSET_ACC, TRAIN_ACC, TRAIN_LOSS, TRAIN_MACS,
+                            TRAIN_SECONDS, VAL, VAL_ACC, WORST_SUBSET_ACC, metric_name)
 from .checkpoint import atomic_torch_save, epoch_checkpoint, prune_checkpoints
 from .distributed import all_reduce_sum, any_rank, barrier, unwrap
 from .ema import WeightEMA
@@ -61,6 +61,7 @@ class FitSpec:
     ship_ema: bool = False            # evaluate the average and write it as model.pt
     channels: str = "RGB"        # the dataset's channel names (for the per-subset metric names)
     log_every_steps: int = 0     # a progress line (step, loss, images/s, time left) every N steps; 0: none
+    table_every: int = 0         # the val_subsets' accuracies as a table every N epochs; 0: none
     parts: Sequence[MixturePart] = ()  # training on a mixture: its datasets (batches are tagged with their index)
     bad_steps: int = 0          # non-finite losses seen so far (state, not configuration)
 
@@ -282,9 +283,27 @@ def mixture_accuracies(module: nn.Module, val, parts: Sequence[MixturePart], dev
     return out
 
 
-def epoch_field(key: str, value: float) -> str:
-    """One ``key value`` of the epoch line: accuracies in percent, as every table and plot shows them."""
-    return f"{key} {100 * value:.2f}%" if "acc" in key else f"{key} {value:.4g}"
+LINE_WIDTH = 100  # the epoch line and the per-subset table fit a 100-column terminal
+
+
+def epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    """The epoch's line: loss, accuracy (validation, else training), mean and worst subset, time and data wait,
+    named as in MLflow (``curves/train_loss``, ``time/epoch_s``, ``time/data_wait_s``); every metric is logged."""
+    acc = VAL_ACC if VAL_ACC in metrics else TRAIN_ACC
+    groups = [[(TRAIN_LOSS, TRAIN_LOSS, "{:.3f}"), (acc, acc, "{:.1%}"), ("mean", VAL + MEAN_SUBSET_ACC, "{:.1%}"),
+               ("worst", VAL + WORST_SUBSET_ACC, "{:.1%}")],
+              [("epoch_s", EPOCH_TIME, "{:.4g}"), ("data_wait_s", DATA_WAIT, "{:.3g}")]]  # curves/, time/
+    parts = [f"epoch {epoch}/{epochs}"] + [" ".join(f"{name}={fmt.format(metrics[key])}" for name, key, fmt in group
+                                                    if key in metrics) for group in groups]
+    return "  ".join(p for p in parts if p)
+
+
+def subset_table_lines(metrics: dict[str, float], channels: str, subsets: Sequence[Subset]) -> list[str]:
+    """The epoch's per-subset validation accuracies (``val_acc_<subset>``) as rows of ``subset acc`` cells."""
+    cells = [f"{subset_name(s, channels):>6} {metrics[k]:6.1%}" for s in subsets
+             if (k := metric_name("accuracy", subset_name(s, channels), per_epoch=True)) in metrics]
+    per_row = max(1, (LINE_WIDTH - 2) // 16)
+    return ["  " + "  ".join(cells[i:i + per_row]) for i in range(0, len(cells), per_row)]
 
 
 def validate(module: nn.Module, val: DataSource, spec: FitSpec) -> dict[str, float]:
@@ -372,7 +391,10 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
                     metrics[key] = accuracy(other, val, spec.eval_transform, spec.device)
             metrics[EPOCH_TIME] = time.perf_counter() - t0
             compute[TRAIN_SECONDS] += metrics[EPOCH_TIME]
-            log.info(f"epoch {epoch}/{spec.epochs}  " + "  ".join(epoch_field(k, v) for k, v in metrics.items()))
+            log.info(epoch_line(epoch, spec.epochs, metrics))
+            if spec.table_every and epoch % spec.table_every == 0:
+                for line in subset_table_lines(metrics, spec.channels, spec.val_subsets):
+                    log.info(line)
         path = save(epoch, epoch, metrics=metrics if strategy.is_main else None)
         for h in main_hooks:
             h.on_epoch_end(epoch, metrics, path)

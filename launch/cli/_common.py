@@ -19,7 +19,8 @@ def print_result(result: dict) -> None:
     print(f"mean subset accuracy {100 * s['mean_subset_acc']:.2f}%, worst {100 * s['worst_subset_acc']:.2f}%")
     print(f"checkpoint: {result['checkpoint']}")
     if result["run_id"]:
-        print(f"MLflow run id: {result['run_id']}  (tracking URI: {result['tracking_uri']})")
+        print(f"MLflow run id: {result['run_id']}")
+        print(f"  tracking URI: {result['tracking_uri']}")
 
 
 def add_resource_args(p: argparse.ArgumentParser) -> None:
