@@ -193,6 +193,7 @@ def test_a_dead_server_is_told_apart_from_a_refusal():
         assert is_unreachable(e.value) is unreachable
 
 
+@pytest.mark.slow  # two 1-epoch trainings and three evaluations: about a minute
 def test_the_researchers_record_commit_logged_model_table(tiny_data, tmp_path, monkeypatch, capsys):
     """Launched from a git checkout with an uncommitted change: the run records that checkout's commit and
     dirty flag (and dynconv's version) as tags and in run.dir/source.json; the model is an MLflow 3 logged model
@@ -262,6 +263,7 @@ def test_the_researchers_record_commit_logged_model_table(tiny_data, tmp_path, m
     assert table["columns"][:2] == ["subset", "accuracy %"]
     assert [row[0] for row in table["data"]] == ["RGB", "R"]
     assert table["data"][0][1] == pytest.approx(100 * linked["subset/RGB/acc"], abs=1e-3)
+    _reproduce_from_the_record(run_dir, run_id, store, repo, git, commit, tmp_path, capsys)
 
 
 def test_the_epoch_line_and_the_subset_table_fit_100_columns():
@@ -284,3 +286,34 @@ def test_the_epoch_line_and_the_subset_table_fit_100_columns():
         [[ "".join("ABCDE"[i] for i in s)] for s in subsets])}, "ABCDE", subsets)
     assert all(len(r) <= 100 for r in rows) and sum(r.count("%") for r in rows) == 31
     assert rows[0].split()[:2] == ["ABCDE", "50.0%"]
+
+
+def _reproduce_from_the_record(run_dir, run_id, store, repo, git, commit, tmp_path, capsys):
+    """`dynconv reproduce` of the run above: the commit and command it needs, what differs here; --run trains
+    the same model again (same accuracies), tagged as reproducing it."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from helpers import run_cli
+
+    capsys.readouterr()
+    assert run_cli("reproduce", run_dir) == 0
+    out = capsys.readouterr().out
+    assert f"git checkout {commit}" in out and f"cd {repo}" in out
+    assert f"dynconv train --config {run_dir / 'config.yaml'} run.dir={run_dir}-reproduced" in out
+    assert "uncommitted changes" in out and "this checkout is at" not in out
+    subprocess.run([*git, "commit", "-qam", "later"], check=True)
+    assert run_cli("reproduce", run_id, "--tracking-uri", store, "--out", tmp_path / "again", "--run") == 0
+    out = capsys.readouterr().out
+    assert f"the run at {commit[:12]}: git checkout {commit[:12]}" in out
+    client = MlflowClient(store)
+    again = client.get_run(json.loads((tmp_path / "again" / "mlflow_run.json").read_text())["run_id"])
+    assert again.data.tags["reproduces"] == run_id
+    before = client.get_run(run_id).data.metrics
+    assert {k: again.data.metrics[k] for k in ("subset/RGB/acc", "subset/R/acc")} == \
+        {k: before[k] for k in ("subset/RGB/acc", "subset/R/acc")}
+    assert run_cli("reproduce", tmp_path / "nothing-here", "--tracking-uri", store) == 2
+    assert "nothing-here is not a run folder" in capsys.readouterr().err
+    assert run_cli("reproduce", "0123abcd", "--tracking-uri", store) == 2
+    assert "no MLflow run '0123abcd'" in capsys.readouterr().err

@@ -16,11 +16,11 @@ from ..console import INTERRUPTED, log_to_stdout, say
 from ..provenance import launch_dir_remembered
 
 from . import (ablate, calibrate, cancel, compare, convert, data, demo, evaluate, export, flops, jobs, logs,
-               mlflow_server, recipes, report, submit, sweep, sync, train)
+               mlflow_server, recipes, report, reproduce, submit, sweep, sync, train)
 
 # in the order `dynconv --help` lists them
 COMMANDS = (demo, data, convert, train, evaluate, calibrate, export, flops, ablate, recipes, compare, report,
-            mlflow_server, sync, sweep, submit, jobs, logs, cancel)
+            reproduce, mlflow_server, sync, sweep, submit, jobs, logs, cancel)
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
