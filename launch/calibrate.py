@@ -34,7 +34,7 @@ def run_calibrate(checkpoint: str, data: str, batches: int = 20, batch_size: int
     check_classes(source, kwargs["num_classes"], manifest.get("classes"), f"data {data}")
     model.to(dev)
     n = calibrate_from_source(model, source, BatchTransform(manifest["mean"], manifest["std"], dev),
-                              all_subsets(manifest["channels"]), batches)
+                              all_subsets(manifest["channels"]), batches, progress=True)
     target = Path(out) if out else Path(checkpoint).with_suffix(".calibrated.pt")
     atomic_torch_save({"dynconv": manifest, "model": model.state_dict(), "epoch": ckpt.get("epoch")}, target)
     print(f"calibrated {len(all_subsets(manifest['channels']))} subsets on {n} images each")

@@ -1,5 +1,7 @@
 """Subset-aware normalisation: recalibrate, switchable, group."""
+import copy
 import json
+import logging
 import warnings
 
 import pytest
@@ -8,9 +10,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from dynconv.calibration import calibrate_from_source
 from dynconv.channel_select import forward_subset
 from dynconv.channels import all_subsets
+from dynconv.data.loaders import DataSource
+from dynconv.data.mixture import MixturePart, MixtureSource
 from dynconv.layers import SubsetBatchNorm2d, calibrate
+from dynconv.layers.subset_norm import calibrate_in_one_pass, subset_norms
 from dynconv.models import create_model
 from helpers import run_cli, train_args
 
@@ -79,6 +85,95 @@ def test_calibration_is_deterministic_given_data():
     c, _ = _calibrated(seed=4)
     assert torch.equal(a.layer2[0].bn1.subset_mean, b.layer2[0].bn1.subset_mean)
     assert not torch.equal(a.layer2[0].bn1.subset_mean, c.layer2[0].bn1.subset_mean)
+
+
+def _reference_statistics(model, pools):
+    """Each SubsetBatchNorm2d's per-subset statistics computed plainly: the model in training mode (each batch
+    normalised with its own statistics, as calibration does), every layer's inputs recorded, then the mean and
+    unbiased variance over all of a subset's images. ``pools(subset)``: that subset's input batches."""
+    ref = copy.deepcopy(model).train()
+    norms = [m for m in ref.modules() if isinstance(m, SubsetBatchNorm2d)]
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, i=i: seen.setdefault(i, []).append(args[0]))
+             for i, m in enumerate(norms)]
+    out = {}
+    with torch.no_grad():
+        for s in SUBSETS:
+            seen.clear()
+            for x in pools(s):
+                forward_subset(ref, x, s)
+            for i, xs in seen.items():
+                cat = torch.cat(xs).double()
+                out[i, s] = cat.mean((0, 2, 3)), cat.var((0, 2, 3))
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def _assert_statistics(model, expected, subsets=SUBSETS):
+    norms = [m for m in model.modules() if isinstance(m, SubsetBatchNorm2d)]
+    assert len(norms) > 10
+    for (i, s), (mean, var) in expected.items():
+        if s not in subsets:
+            continue
+        k = SUBSETS.index(s)
+        assert bool(norms[i].subset_seen[k])
+        torch.testing.assert_close(norms[i].subset_mean[k].double(), mean, rtol=1e-4, atol=1e-5, msg=f"{i} {s}")
+        torch.testing.assert_close(norms[i].subset_var[k].double(), var, rtol=1e-4, atol=1e-5, msg=f"{i} {s}")
+
+
+def test_one_pass_calibration_equals_the_plain_computation_and_the_per_subset_path():
+    """Batches outer, subsets inner (each batch read once): every layer's statistics for every subset are the
+    mean and variance of its inputs over the calibration images, as subset after subset gives them."""
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice", norm="recalibrate", width=8)
+    data = _skewed_batches(5)
+    expected = _reference_statistics(model, lambda s: data)
+    one_pass = copy.deepcopy(model)
+    calibrate_in_one_pass(one_pass, ((x, SUBSETS) for x in data), forward_subset)
+    _assert_statistics(one_pass, expected)
+    per_subset = copy.deepcopy(model)
+    calibrate(per_subset, lambda s: data, SUBSETS, forward_subset)
+    for a, b in zip(subset_norms(one_pass), subset_norms(per_subset)):
+        torch.testing.assert_close(a.subset_mean, b.subset_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.subset_var, b.subset_var, rtol=1e-5, atol=1e-6)
+    assert all(not m.calibrating and not m._calib for m in subset_norms(one_pass))
+    assert one_pass.training  # the model's mode is put back
+
+
+def _mixture(n_batches=3, batch=6):
+    """Two in-memory datasets over the vocabulary (0, 1, 2): A has all three channels (channels-last, as the
+    CPU loader gives them), B only channel 1."""
+    g = torch.Generator().manual_seed(1)
+    make = lambda c: [(torch.randint(0, 256, (batch, c, 24, 24), generator=g, dtype=torch.uint8)  # noqa: E731
+                       .contiguous(memory_format=torch.channels_last), torch.zeros(batch, dtype=torch.long))
+                      for _ in range(n_batches)]
+    a, b = DataSource(make(3), ["x"], n_batches * batch), DataSource(make(1), ["x"], n_batches * batch)
+    norm = lambda imgs: (imgs.float() / 255 - 0.4) / 0.3  # noqa: E731
+    parts = [MixturePart("a", "RGB", (0, 1, 2), 3, norm, norm), MixturePart("b", "G", (1,), 3, norm, norm)]
+    return MixtureSource([a, b], ["a", "b"]), parts
+
+
+def test_calibration_from_a_mixture_pools_the_datasets_that_have_the_subset(caplog):
+    """A subset's statistics pool the batches of every dataset that has all its channels (G: both datasets;
+    the others: A only), from the first ``num_batches`` batches of each; with ``progress`` the main process
+    says when the long calibration starts and ends."""
+    source, parts = _mixture()
+    torch.manual_seed(0)
+    model = create_model("dynamic_resnet18", num_classes=3, stem_mode="slice", norm="recalibrate", width=8)
+    batches = [[p.model_transform(x) for x, _ in src.batches[:2]] for p, src in zip(parts, source.sources)]
+    expected = _reference_statistics(model, lambda s: batches[0] + (batches[1] if set(s) <= {1} else []))
+    with caplog.at_level(logging.INFO, logger="dynconv"):
+        n = calibrate_from_source(model, source, None, SUBSETS, 2, parts, progress=True)
+    assert n == 12
+    _assert_statistics(model, expected)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dynconv"]
+    assert len(lines) == 2 and lines[0].startswith("calibrating") and lines[1].startswith("calibrated 7 subsets")
+    assert all(len(line) < 100 for line in lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dynconv"):
+        calibrate_from_source(model, source, None, [(0, 1, 2)], 1, parts)  # per-epoch calibration: quiet
+    assert not [r for r in caplog.records if r.name == "dynconv"]
 
 
 def test_switchable_updates_only_the_active_subset_and_falls_back_with_warning():

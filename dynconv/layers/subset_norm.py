@@ -16,6 +16,8 @@ calibrated subset by channel overlap, with a warning.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -48,7 +50,8 @@ class SubsetBatchNorm2d(nn.BatchNorm2d):
             self.subset_bias = nn.Parameter(torch.zeros(n, num_features))
         self.active: int | None = None       # index of the current subset, set by the model
         self.calibrating = False
-        self._calib: list[torch.Tensor] | None = None  # [sum, sum of squares, count] while calibrating
+        self.calib_index: int | None = None  # while calibrating: the subset the batches' statistics add to
+        self._calib: dict[int, list] = {}   # subset index -> [sum, sum of squares, count] while calibrating
         self._warned: set[int] = set()
 
     @classmethod
@@ -93,30 +96,52 @@ class SubsetBatchNorm2d(nn.BatchNorm2d):
 
     # ---- calibration: exact statistics over many batches, synchronised across processes ----------------
     def _calibration_forward(self, x: torch.Tensor, weight, bias) -> torch.Tensor:
-        """Normalise with the batch's statistics (summed over all processes, as SyncBatchNorm does) and
-        accumulate them for the active subset."""
-        dims = (0, 2, 3)
-        stats = torch.cat([x.sum(dims), x.square().sum(dims), x.new_tensor([x.numel() / x.shape[1]])])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stats)
+        """Normalise with the batch's statistics (summed over all processes, as SyncBatchNorm does) and add
+        them to the sums of subset ``calib_index``."""
         c = x.shape[1]
-        s1, s2, n = stats[:c], stats[c:2 * c], stats[2 * c]
-        mean = s1 / n
-        var = (s2 / n - mean.square()).clamp_min(0)
-        acc = self._calib
-        self._calib = [s1, s2, n] if acc is None else [acc[0] + s1, acc[1] + s2, acc[2] + n]
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        count = x.numel() // c
+        acc = torch.float32 if x.device.type == "mps" else torch.float64  # the sums over many batches
+        world = _world_size()
+        if world > 1 or count < 2:
+            dims = (0, 2, 3)
+            stats = torch.cat([x.sum(dims), x.square().sum(dims), x.new_tensor([count])])
+            if world > 1:
+                dist.all_reduce(stats)
+            s1, s2, n = stats[:c], stats[c:2 * c], stats[2 * c]
+            mean = s1 / n
+            var = (s2 / n - mean.square()).clamp_min(0)
+            self._accumulate(s1.to(acc), s2.to(acc), n.to(acc))
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        # one process: BatchNorm's own fused kernel normalises with the batch's mean and biased variance and,
+        # with momentum 1, writes exactly the batch's mean and unbiased variance into the "running" pair
+        dtype = torch.promote_types(x.dtype, torch.float32)  # as BatchNorm keeps them under reduced precision
+        mean, var = x.new_zeros(c, dtype=dtype), x.new_ones(c, dtype=dtype)
+        out = F.batch_norm(x, mean, var, weight, bias, True, 1.0, self.eps)
+        mean = mean.to(acc)
+        self._accumulate(mean * count, var.to(acc) * (count - 1) + mean.square() * count, count)
+        return out
+
+    def _accumulate(self, s1: torch.Tensor, s2: torch.Tensor, n) -> None:
+        if self.calib_index is None:
+            raise RuntimeError("calibrating without a subset: set calib_index (dynconv.layers.calibrate does)")
+        sums = self._calib.get(self.calib_index)
+        self._calib[self.calib_index] = [s1, s2, n] if sums is None else [sums[0] + s1, sums[1] + s2, sums[2] + n]
 
     def finish_calibration(self, k: int) -> None:
-        if self._calib is None:
+        """Store subset ``k``'s statistics from its sums (a subset without any keeps what it had)."""
+        sums = self._calib.pop(k, None)
+        if sums is None:
             return
-        s1, s2, n = self._calib
+        s1, s2, n = sums
         mean = s1 / n
         var = (s2 / n - mean.square()).clamp_min(0) * (n / (n - 1))  # unbiased, as BatchNorm stores it
         self.subset_mean[k].copy_(mean)
         self.subset_var[k].copy_(var)
         self.subset_seen[k] = True
-        self._calib = None
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def convert_norm(model: nn.Module, mode: str, in_chans: int, module_prefixes: list[str] | None = None,
@@ -142,26 +167,56 @@ def subset_norms(model: nn.Module) -> list[SubsetBatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, SubsetBatchNorm2d)]
 
 
-@torch.no_grad()
-def calibrate(model: nn.Module, batches_for_subset, subsets: list[Subset], forward) -> None:
-    """Re-estimate per-subset statistics. ``batches_for_subset(subset)`` yields normalised input batches;
-    ``forward(model, x, subset)`` runs the model on them (e.g. :func:`dynconv.channel_select.forward_subset`)."""
+@contextmanager
+def _calibrating(model: nn.Module):
     norms = subset_norms(model)
     if not norms:
         raise ValueError("model has no subset-aware normalisation layers (model.norm=recalibrate or switchable)")
     was_training = model.training
     model.eval()
     for m in norms:
-        m.calibrating = True
+        m.calibrating, m._calib = True, {}
     try:
-        for subset in subsets:
-            for x in batches_for_subset(subset):
-                forward(model, x, subset)
-            k = norms[0].subsets.index(tuple(subset))
-            for m in norms:
-                m.finish_calibration(k)
+        yield norms
     finally:
         for m in norms:
-            m.calibrating = False
-            m._calib = None
+            m.calibrating, m._calib, m.calib_index = False, {}, None
         model.train(was_training)
+
+
+def _calibrate_into(norms: list[SubsetBatchNorm2d], subset: Subset) -> int:
+    k = norms[0].subsets.index(tuple(subset))
+    for m in norms:
+        m.calib_index = k
+    return k
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches_for_subset, subsets: list[Subset], forward) -> None:
+    """Re-estimate per-subset statistics, one subset after the other. ``batches_for_subset(subset)`` yields
+    normalised input batches; ``forward(model, x, subset)`` runs the model on them (e.g.
+    :func:`dynconv.channel_select.forward_subset`). :func:`calibrate_in_one_pass` gives the same statistics
+    reading each batch once."""
+    with _calibrating(model) as norms:
+        for subset in subsets:
+            k = _calibrate_into(norms, subset)
+            for x in batches_for_subset(subset):
+                forward(model, x, subset)
+            for m in norms:
+                m.finish_calibration(k)
+
+
+@torch.no_grad()
+def calibrate_in_one_pass(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Sequence[Subset]]], forward) -> None:
+    """Re-estimate per-subset statistics in one pass over the data: ``batches`` yields (normalised input
+    batch, the subsets it calibrates); each batch is run once per subset while it is in memory (so each is
+    read and transformed once), every subset's sums grow batch by batch, and each subset that got a batch
+    has its statistics stored at the end — the statistics :func:`calibrate` gives for the same batches."""
+    with _calibrating(model) as norms:
+        for x, subsets in batches:
+            for subset in subsets:
+                _calibrate_into(norms, subset)
+                forward(model, x, subset)
+        for m in norms:
+            for k in list(m._calib):
+                m.finish_calibration(k)
