@@ -388,10 +388,10 @@ def subset_table(report: dict) -> dict[str, list]:
     """The final evaluation as columns: one row a subset (accuracy, precision, recall, F1 in %, GMACs)."""
     rows = report["subsets"]
     table = {"subset": list(rows)}
-    for key, name, scale in (("accuracy", "accuracy %", 100), ("precision", "precision %", 100),
-                             ("recall", "recall %", 100), ("f1", "f1 %", 100), ("macs", "GMACs", 1e-9)):
+    for key, name, scale, digits in (("accuracy", "accuracy %", 100, 2), ("precision", "precision %", 100, 2),
+                                     ("recall", "recall %", 100, 2), ("f1", "f1 %", 100, 2), ("macs", "GMACs", 1e-9, 4)):
         if all(key in r for r in rows.values()):
-            table[name] = [round(float(r[key]) * scale, 4) for r in rows.values()]
+            table[name] = [round(float(r[key]) * scale, digits) for r in rows.values()]
     return table
 
 

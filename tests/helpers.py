@@ -63,7 +63,7 @@ def resume_args(tiny_data: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def epoch_losses(stdout: str) -> list[float]:
     """``train_loss`` of every ``epoch N/M`` line the trainer printed."""
-    return [float(x) for x in re.findall(r"^epoch \d+/\d+  train_loss ([0-9.]+)", stdout, re.M)]
+    return [float(x) for x in re.findall(r"^epoch \d+/\d+ +train_loss=([0-9.]+)", stdout, re.M)]
 
 
 # ---- the trainer on tiny in-memory models ------------------------------------------------------------

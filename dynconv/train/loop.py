@@ -392,6 +392,8 @@ def _fit(strategy: Strategy, train: DataSource, val: DataSource | None, schedule
             metrics[EPOCH_TIME] = time.perf_counter() - t0
             compute[TRAIN_SECONDS] += metrics[EPOCH_TIME]
             log.info(epoch_line(epoch, spec.epochs, metrics))
+            if per_dataset := [f"{k}={v:.1%}" for k, v in metrics.items() if k.startswith(VAL_ACC + ":")]:
+                log.info("  " + "  ".join(per_dataset))  # a mixture: each dataset's full-input accuracy
             if spec.table_every and epoch % spec.table_every == 0:
                 for line in subset_table_lines(metrics, spec.channels, spec.val_subsets):
                     log.info(line)
