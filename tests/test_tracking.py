@@ -280,7 +280,7 @@ def test_the_epoch_line_and_the_subset_table_fit_100_columns():
         "epoch 12/12  train_loss=0.812 val_acc=99.3% mean=90.0% worst=68.9%  epoch_s=35.4 data_wait_s=0.31")
     assert len(epoch_line(100, 100, {**metrics, "epoch_time_s": 1234.5, "data_wait_s": 123.45})) <= 100
     assert epoch_line(1, 2, {"train_loss": 1.0, "train_acc": 0.5, "epoch_time_s": 2.0}) == \
-        "epoch 1/2  train_loss=1.000 train_acc=50.0%  epoch_s=2"
+        "epoch 1/2  train_loss=1.000 train_acc=50.0%  epoch_s=2.00"
     subsets = all_subsets(5)
     rows = subset_table_lines({f"val_acc_{n}": 0.5 for n in __import__("itertools").chain.from_iterable(
         [[ "".join("ABCDE"[i] for i in s)] for s in subsets])}, "ABCDE", subsets)

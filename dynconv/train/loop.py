@@ -292,10 +292,16 @@ def epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     acc = VAL_ACC if VAL_ACC in metrics else TRAIN_ACC
     groups = [[(TRAIN_LOSS, TRAIN_LOSS, "{:.3f}"), (acc, acc, "{:.1%}"), ("mean", VAL + MEAN_SUBSET_ACC, "{:.1%}"),
                ("worst", VAL + WORST_SUBSET_ACC, "{:.1%}")],
-              [("epoch_s", EPOCH_TIME, "{:.4g}"), ("data_wait_s", DATA_WAIT, "{:.3g}")]]  # curves/, time/
-    parts = [f"epoch {epoch}/{epochs}"] + [" ".join(f"{name}={fmt.format(metrics[key])}" for name, key, fmt in group
-                                                    if key in metrics) for group in groups]
+              [("epoch_s", EPOCH_TIME, None), ("data_wait_s", DATA_WAIT, None)]]  # curves/, time/
+    parts = [f"epoch {epoch}/{epochs}"] + [" ".join(f"{name}={fmt.format(v) if fmt else _seconds(v)}"
+                                                    for name, key, fmt in group if (v := metrics.get(key)) is not None)
+                                           for group in groups]
     return "  ".join(p for p in parts if p)
+
+
+def _seconds(value: float) -> str:
+    """3 significant digits, whole seconds from 100 s."""
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
 def subset_table_lines(metrics: dict[str, float], channels: str, subsets: Sequence[Subset]) -> list[str]:
