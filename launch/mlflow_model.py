@@ -114,6 +114,8 @@ def log_logged_model(uri: str, run_id: str, checkpoint: Path, folder: Path, metr
 
     from dynconv.train.checkpoint import checkpoint_manifest
 
+    from .mlflow_store import BATCH_METRICS
+
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.get_run(run_id)
     model = client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id,
@@ -132,8 +134,8 @@ def log_logged_model(uri: str, run_id: str, checkpoint: Path, folder: Path, metr
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step, model_id=model.model_id, run_id=run_id) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):  # MLflow's limit per request
-        client.log_batch(run_id, metrics=items[i:i + 1000], synchronous=True)
+    for i in range(0, len(items), BATCH_METRICS):
+        client.log_batch(run_id, metrics=items[i:i + BATCH_METRICS], synchronous=True)
     if register_as:
         register(client, register_as, model, run_id)
     return model.model_id

@@ -10,6 +10,9 @@ from dynconv.errors import DynconvError
 from dynconv.extras import require
 
 
+BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch request
+
+
 @contextmanager
 def store_errors(uri: str, doing: str = "open MLflow store"):
     """MLflow raises many types for a bad URI, a bad filter or an unreachable store: one line instead."""

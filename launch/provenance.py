@@ -21,6 +21,7 @@ GIT_COMMIT, GIT_BRANCH, GIT_REPO_URL = "mlflow.source.git.commit", "mlflow.sourc
 GIT_DIRTY, GIT_ROOT, LAUNCH_DIR = "dynconv.git.dirty", "dynconv.git.root", "dynconv.launch_dir"
 VERSION, PACKAGE_COMMIT, PACKAGE_DIRTY = "dynconv.version", "dynconv.package.git.commit", "dynconv.package.git.dirty"
 COMMAND = "dynconv.command"
+CODE_TAGS = (GIT_COMMIT, GIT_BRANCH, GIT_REPO_URL, GIT_DIRTY, GIT_ROOT, VERSION, PACKAGE_COMMIT, PACKAGE_DIRTY)  # the code's
 
 
 def _git(where: Path, *args: str) -> str | None:
@@ -78,6 +79,24 @@ def package_checkout() -> dict[str, str] | None:
     if _git(package, "ls-files", "--error-unmatch", "__init__.py") is None:
         return None
     return git_state(package)
+
+
+def recorded_source(run_dir: str | Path | None) -> dict[str, str] | None:
+    """What ``run_dir/source.json`` recorded when the run began, or None (no such file, or unreadable)."""
+    import json
+
+    from dynconv.run_files import SOURCE
+
+    try:
+        source = json.loads((Path(run_dir) / SOURCE).read_text()) if run_dir else None
+    except (OSError, ValueError):
+        return None
+    return source if isinstance(source, dict) else None
+
+
+def run_source(run_dir: str | Path | None) -> dict[str, str]:
+    """The source of the run in ``run_dir``: as recorded when it began, else as of now."""
+    return recorded_source(run_dir) or provenance()
 
 
 def provenance() -> dict[str, str]:

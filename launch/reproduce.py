@@ -2,13 +2,12 @@
 this checkout differs; with ``--run``, the training again in a new run folder."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynconv.errors import DynconvError
 from dynconv.fileio import atomic_write_text
-from dynconv.run_files import CONFIG, SOURCE, recorded_mlflow_run
+from dynconv.run_files import CONFIG, recorded_mlflow_run
 
 from . import provenance as p
 
@@ -28,16 +27,13 @@ def from_run_dir(run_dir: Path) -> Record:
     if not (run_dir / CONFIG).is_file():
         raise DynconvError(f"{run_dir} has no {CONFIG}: pass the run.dir of a run started by 'dynconv train' "
                            "(or an MLflow run id with --tracking-uri)")
-    source = {}
-    if (run_dir / SOURCE).is_file():
-        source = json.loads((run_dir / SOURCE).read_text())
-    elif (info := recorded_mlflow_run(run_dir)) is not None:  # a run from before source.json: its MLflow tags
+    source, info = p.recorded_source(run_dir), recorded_mlflow_run(run_dir)
+    if source is None and info is not None:  # a run from before source.json: its MLflow tags
         try:
             return from_mlflow(info["run_id"], info["tracking_uri"])
         except DynconvError:
             pass
-    info = recorded_mlflow_run(run_dir)
-    return Record(info["run_id"] if info else str(run_dir), (run_dir / CONFIG).read_text(), source, str(run_dir))
+    return Record(info["run_id"] if info else str(run_dir), (run_dir / CONFIG).read_text(), source or {}, str(run_dir))
 
 
 def from_mlflow(run_id: str, uri: str | None) -> Record:

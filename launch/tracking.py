@@ -25,7 +25,7 @@ from dynconv.run_files import (CHECKPOINTS, CONFIG, EVAL_JSON, EVAL_MD, EVAL_PNG
                                recorded_mlflow_run)
 from dynconv.train import FitResult, Logger, StoppedEarly, TrainingPreempted
 
-from .mlflow_store import existing_store, is_unreachable, mlflow_client, store_errors
+from .mlflow_store import BATCH_METRICS, existing_store, is_unreachable, mlflow_client, store_errors
 
 log = logging.getLogger("dynconv")
 
@@ -57,28 +57,26 @@ def _experiment_id(client, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch request
-
-
 def run_page(server: str, experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI, in its model-training view (MLflow 3 opens the GenAI view by default,
     whatever the experiment's kind)."""
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def context_tags() -> dict[str, str]:
+def context_tags(run_dir: Path | None = None) -> dict[str, str]:
     """MLflow's standard run context (user, source) and the run's provenance (:mod:`.provenance`: the launch
-    directory's git commit and dirty flag, dynconv's version and checkout, the command line), and the host the
-    run's main process runs on. MLflow's own git tags describe the checkout of ``sys.argv[0]`` (dynconv's
-    entry point): replaced by the launch directory's."""
+    directory's git commit and dirty flag, dynconv's version and checkout, the command line — as
+    ``run_dir/source.json`` recorded it, else as of now), and the host the run's main process runs on. MLflow's
+    own git tags describe the checkout of ``sys.argv[0]`` (dynconv's entry point): replaced by the launch
+    directory's."""
     import socket
 
     from mlflow.tracking.context.registry import resolve_tags
 
-    from .provenance import provenance
+    from .provenance import run_source
 
     tags = {k: str(v) for k, v in resolve_tags().items() if not k.startswith("mlflow.source.git.")}
-    tags.update(provenance())
+    tags.update(run_source(run_dir))
     tags["dynconv.host"] = socket.gethostname()
     return tags
 
@@ -146,7 +144,7 @@ class MlflowRun:
                 self.client.update_run(self.run_id, status="RUNNING")
             else:
                 exp_id = _experiment_id(self.client, experiment, uri)
-                run = self.client.create_run(exp_id, run_name=run_name, tags={**context_tags(), **dict(tags or {})})
+                run = self.client.create_run(exp_id, run_name=run_name, tags={**context_tags(self.run_dir), **dict(tags or {})})
                 self.run_id = run.info.run_id
                 if params:
                     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
@@ -395,16 +393,13 @@ def subset_table(report: dict) -> dict[str, list]:
     return table
 
 
-def _source_tags(run: MlflowRun) -> dict[str, str] | None:
-    """The run's provenance tags (git commit and dirty flag, dynconv's version), for its logged model; None
-    when the store does not answer (the model is then logged without them)."""
-    from .provenance import GIT_COMMIT
+def _code_tags(run_dir: Path) -> dict[str, str] | None:
+    """The code the run was trained with (git commit and dirty flag, dynconv's version), for its logged model,
+    as ``run_dir/source.json`` recorded it."""
+    from .provenance import CODE_TAGS, recorded_source
 
-    prefixes = (GIT_COMMIT.rsplit(".", 1)[0], "dynconv.git.", "dynconv.package.", "dynconv.version")
-    try:
-        return {k: v for k, v in run.client.get_run(run.run_id).data.tags.items() if k.startswith(prefixes)}
-    except Exception:  # noqa: BLE001 - tracking never stops a run
-        return None
+    source = recorded_source(run_dir)
+    return None if source is None else {k: v for k, v in source.items() if k in CODE_TAGS}
 
 
 def log_final(run: MlflowRun, run_dir: Path, checkpoint: Path, report: dict | None, files: list[Path],
@@ -419,7 +414,7 @@ def log_final(run: MlflowRun, run_dir: Path, checkpoint: Path, report: dict | No
 
         step = int((report or {}).get("training", {}).get("epochs", 0))
         # the model's files go to a folder in run.dir, kept for replays from the buffer
-        run.log_model(checkpoint, run_dir / MODEL_ARTIFACT, metrics, step, register_as, _source_tags(run))
+        run.log_model(checkpoint, run_dir / MODEL_ARTIFACT, metrics, step, register_as, _code_tags(run_dir))
     if report is not None:
         run.log_evaluation(report, files, metrics=not log_model)
     run.finish("FINISHED")

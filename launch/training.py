@@ -32,7 +32,7 @@ from dynconv.train.strategies import DeepSpeedOptions
 from .config import Config, dump_yaml
 from .evaluation import FinalEvaluation, resolve_device
 from .mixture import manifest_datasets
-from .provenance import provenance
+from .provenance import provenance, recorded_source
 from .training_data import TrainingData
 
 log = logging.getLogger("dynconv")
@@ -65,7 +65,7 @@ def run_training(cfg: Config, tags: dict | None = None, hooks: Sequence[Hook] = 
             if dist.is_main:  # one process per run folder; released on any exit
                 stack.enter_context(RunLock(run_dir))
                 atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
-                if found is None or not (run_dir / SOURCE).exists():  # a resumed run keeps where it began
+                if found is None or recorded_source(run_dir) is None:  # a resumed run keeps where it began
                     atomic_write_text(run_dir / SOURCE, json.dumps(provenance(), indent=1))
         barrier()  # every process has checked run.dir before the main one writes to it
         macs = subset_macs(model, data, cfg.data.image_size)  # before a strategy wraps, compiles or shards it
