@@ -1,10 +1,34 @@
 """Present a channel subset to a model."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from .channels import Subset
+
+_INDEX: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
+def channel_index(ids: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``ids`` as an index tensor on ``device``, made once per (ids, device).
+
+    Indexing a CUDA tensor with a Python list copies the list to the device on every call, and that copy
+    waits for the GPU to finish all queued work (a stream synchronisation): the CPU can no longer queue the
+    next kernels while the GPU runs, every step.
+    """
+    key = (tuple(ids), torch.device(device))
+    index = _INDEX.get(key)
+    if index is None:
+        index = _INDEX[key] = torch.tensor(key[0], dtype=torch.long, device=key[1])
+    return index
+
+
+def take(t: torch.Tensor, dim: int, ids: Sequence[int]) -> torch.Tensor:
+    """``t`` restricted to ``ids`` along ``dim`` (``t[:, ids]`` for ``dim=1``) without a copy of ``ids`` to the
+    device per call (:func:`channel_index`)."""
+    return t.index_select(dim, channel_index(ids, t.device))
 
 
 def is_channel_adaptive(model: nn.Module) -> bool:
@@ -29,10 +53,10 @@ def select_channels(x: torch.Tensor, subset: Subset, adaptive: bool, rescale: bo
     if adaptive:
         if _channels_last(x):  # gathered in NHWC order, the result is channels_last too (x[:, ids] is NCHW, which
             # with one channel is also "channels_last-contiguous", so the model would run NCHW after its stem)
-            return x.permute(0, 2, 3, 1)[..., list(subset)].permute(0, 3, 1, 2)
-        return x[:, list(subset)]
+            return take(x.permute(0, 2, 3, 1), 3, subset).permute(0, 3, 1, 2)
+        return take(x, 1, subset)
     mask = torch.zeros(1, x.shape[1], 1, 1, device=x.device, dtype=x.dtype)
-    mask[:, list(subset)] = x.shape[1] / len(subset) if rescale else 1
+    mask.index_fill_(1, channel_index(subset, x.device), x.shape[1] / len(subset) if rescale else 1)
     return x * mask
 
 

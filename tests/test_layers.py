@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from dynconv.channel_select import is_channel_adaptive, select_channels
-from dynconv.layers import DynamicConv2D
+from dynconv.layers import STEM_MODES, DynamicConv2D
 from dynconv.models import create_model
 
 
@@ -60,3 +60,39 @@ def test_unknown_model_lists_choices():
 
     with pytest.raises(DynconvError, match="dynamic_resnet18"):
         create_model("resnet1000")
+
+
+STEP_COPIES = {"index.Tensor", "index_put.default", "index_put_.default", "_index_put_impl_.default",
+               "lift_fresh.default", "lift_fresh_copy.default"}
+
+
+@pytest.mark.parametrize("model_args", [dict(name="resnet18"),
+                                        *(dict(name="dynamic_resnet18", stem_mode=m) for m in STEM_MODES)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_subset_step_makes_no_index_tensor_from_python_data(model_args, channels_last):
+    """On CUDA, indexing with a Python list copies it to the device and waits for the GPU (a stream sync) on every
+    call: a training step over a gathered subset (RB) indexes with device tensors made once instead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dynconv.channel_select import forward_subset
+    from dynconv.train.strategies.base import prepare
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(f"{func._overloadpacket.__name__}.{func._overloadname}")
+            return func(*args, **(kwargs or {}))
+
+    model_args = dict(model_args)
+    model = create_model(model_args.pop("name"), num_classes=3, **model_args)
+    prepare(model, channels_last=channels_last, compile=False)  # as training does (a 5-D depthwise bank included)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=fmt)
+    forward_subset(model, x, (0, 2)).sum().backward()  # the first step may make its index tensors
+    with Ops() as ops:
+        forward_subset(model, x, (0, 2)).sum().backward()
+    assert "index_select.default" in ops.names or not is_channel_adaptive(model)
+    assert not ops.names & STEP_COPIES, sorted(ops.names & STEP_COPIES)

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..channel_select import take
 from ..choices import SLICED_STEMS
 
 
@@ -52,7 +53,7 @@ class DynamicConv2D(nn.Conv2d):
         elif ids == list(range(len(ids))):
             weight = self.weight[:, : len(ids)]
         else:
-            weight = self.weight[:, ids]
+            weight = take(self.weight, 1, ids)
         if self.rescale and len(ids) != self.in_channels:
             weight = weight * (self.in_channels / len(ids))
         if weight is not self.weight and self.weight.is_contiguous(memory_format=torch.channels_last) \

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..channel_select import take
 from ..choices import DEPTHWISE_COMBINE
 from .dynamic_conv import present_channels
 
@@ -73,7 +74,7 @@ class TemplateMixingConv2d(_GeneratedConv):
         self.mix = nn.Parameter(nn.init.orthogonal_(torch.empty(in_channels, num_templates)))
 
     def channel_filters(self, ids: list[int]) -> torch.Tensor:
-        return torch.einsum("ct,tohw->ochw", self.mix[ids], self.templates)
+        return torch.einsum("ct,tohw->ochw", take(self.mix, 0, ids), self.templates)
 
 
 class HyperNetConv2d(_GeneratedConv):
@@ -105,7 +106,7 @@ class HyperNetConv2d(_GeneratedConv):
             self.out.weight.mul_(std / self.out(self.hidden(self.embedding)).std())
 
     def channel_filters(self, ids: list[int]) -> torch.Tensor:
-        w = self.out(self.hidden(self.embedding[ids]))  # |S| × (out·k·k)
+        w = self.out(self.hidden(take(self.embedding, 0, ids)))  # |S| × (out·k·k)
         return w.view(len(ids), self.out_channels, self.kernel_size, self.kernel_size).transpose(0, 1)
 
 
@@ -144,15 +145,15 @@ class DepthwiseStemConv2d(nn.Module):
 
     def channel_weights(self, ids: list[int]) -> torch.Tensor:
         if self.combine == "softmax":
-            return torch.softmax(self.channel_weight[ids], 0)
+            return torch.softmax(take(self.channel_weight, 0, ids), 0)
         if self.combine == "weighted":
-            return self.channel_weight[ids]
+            return take(self.channel_weight, 0, ids)
         return self.bank.new_full((len(ids),), 1.0 / len(ids) if self.combine == "mean" else 1.0)
 
     def forward(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
         ids = present_channels(x, channels, self.in_channels, self.mode)
         n, c = x.shape[:2]
-        bank = self.bank[ids].reshape(c * self.kernels, 1, *self.bank.shape[-2:])
+        bank = take(self.bank, 0, ids).reshape(c * self.kernels, 1, *self.bank.shape[-2:])
         z = F.conv2d(x, bank, None, self.stride, self.padding, groups=c)
         z = z.view(n, c, self.kernels, *z.shape[-2:])
         u = (z * self.channel_weights(ids).view(1, c, 1, 1, 1)).sum(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..channel_select import take
 from ..channels import all_subsets
 from .generated_conv import _GeneratedConv
 
@@ -35,7 +36,7 @@ class TargetConv2d(_GeneratedConv):
         """``W_S`` with its input columns in the order of ``ids``."""
         ordered = tuple(sorted(ids))
         w = self.weights[self.subsets.index(ordered)]
-        return w if list(ids) == list(ordered) else w[:, [ordered.index(i) for i in ids]]
+        return w if list(ids) == list(ordered) else take(w, 1, [ordered.index(i) for i in ids])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, one weight per subset ({len(self.subsets)})"

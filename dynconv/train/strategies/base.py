@@ -31,8 +31,11 @@ assert tuple(AMP_DTYPES) == PRECISIONS
 
 
 def prepare(model: nn.Module, channels_last: bool, compile: bool) -> None:
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    if channels_last:  # the 4-D tensors (convolution weights): ``model.to(memory_format=...)`` refuses a model
+        # that also holds 5-D ones (the depthwise stem's filter bank)
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
     if compile:
         model.compile()
 
