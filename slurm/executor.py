@@ -1,8 +1,8 @@
 """Resources -> a submitit executor (Slurm, local processes, or in-process debug), checked before submission.
 
-Everything a user can get wrong about the cluster (a partition that does not exist, a walltime shorter than
-the pre-emption signal needs, more than the partition's MaxTime) fails here with one line, before anything
-reaches ``sbatch``.
+Resources a user can get wrong (a walltime shorter than the pre-emption signal needs, a size that is not one)
+fail here with one line, before anything reaches ``sbatch``; what the cluster's partitions can hold is checked
+in :mod:`.partitions`.
 """
 from __future__ import annotations
 
@@ -96,35 +96,6 @@ def _slurm_query(argv: list[str]) -> str:
                            "slurm/cluster/local-cluster.sh status)") from None
     except subprocess.TimeoutExpired:
         raise DynconvError(f"'{' '.join(argv)}' did not answer in 30 s: is slurmctld up?") from None
-
-
-def _minutes(limit: str) -> float | None:
-    """Slurm time ``[D-]HH:MM:SS`` / ``MM`` / ``UNLIMITED`` -> minutes (None: no limit)."""
-    if limit.upper() in ("UNLIMITED", "INFINITE", "NONE", "N/A", ""):
-        return None
-    days, _, rest = limit.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
-    return int(days or 0) * 1440 + h * 60 + m + s / 60
-
-
-def check_against_cluster(res: Resources) -> None:
-    """The partition exists (default: the cluster's default) and allows the walltime."""
-    partitions = {}
-    for line in _slurm_query(["sinfo", "-h", "-o", "%P %l"]).split("\n"):
-        if line.strip():
-            name, limit = line.split()
-            partitions[name.rstrip("*")] = (name.endswith("*"), limit)
-    # a list (debug,multi) lets Slurm start the job, or each array element, on whichever has room first
-    names = [p.strip() for p in res.partition.split(",")] if res.partition is not None else \
-        [p for p, (default, _) in partitions.items() if default][:1]
-    for name in names:
-        if name not in partitions:
-            raise DynconvError(f"unknown partition {name!r}: this cluster has {', '.join(sorted(partitions))}")
-        limit = _minutes(partitions[name][1])
-        if limit is not None and res.time_min > limit:
-            raise DynconvError(f"--time {res.time_min} min exceeds partition {name}'s limit of {partitions[name][1]}: "
-                               "ask for less or choose another --partition")
 
 
 def make_executor(folder: Path, cluster: str, res: Resources):

@@ -3,6 +3,7 @@ started once per session by the `slurm_cluster` fixture; jobs across nodes: test
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -63,22 +64,70 @@ def test_cancel_a_running_job(tiny_data, tmp_path, capsys):
     assert wait_state(job["job_id"], {"CANCELLED"}) == "CANCELLED"
 
 
+def queued_job_ids():
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--partition", "nosuch"], "unknown partition 'nosuch': this cluster has debug"),
     (["--time", "2"], "walltime --time 2 min is too short"),
     (["--array", "BAD"], "array element 1 of"),
     (["--mem", "lots"], "--mem 'lots' is not a size"),
+    # the 1-node default partition cannot hold 2 nodes (Slurm would pend it, reason PartitionNodeLimit): refused
+    (["--nodes", "2"], "the default partition debug cannot hold the job (2 nodes, 1 task x 1 CPU per node, 60 min): "
+                       "it has 1 node; it fits partition multi (--partition multi)"),
+    (["--cpus-per-task", "1000", "--partition", "debug,multi"],
+     "the job needs 1000 CPUs (1 task x 1000 CPUs) per node"),
 ])
 def test_bad_input_is_one_line_and_submits_nothing(tiny_data, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {train.lr: 0.01}\n- {train.lerning_rate: 0.1}\n")
     args = [str(bad) if a == "BAD" else a for a in args]
-    before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    before = queued_job_ids()
     assert run_cli("submit", "--folder", tmp_path / "jobs", *args, *job_args(tiny_data)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not list((tmp_path / "jobs").glob("*/submission.json"))
-    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
+    # a job of an earlier test may leave the queue meanwhile (COMPLETING): only a new job id would be a submission
+    assert queued_job_ids() <= before
+
+
+def test_wait_says_why_a_job_has_not_started(tmp_path, capsys, monkeypatch):
+    """--wait on a job that cannot start (submitted held): Slurm's pending reason after PENDING_FIRST_S, again
+    every PENDING_EVERY_S (a minute and 5 minutes for users, about a second here); cancelled after the second."""
+    import submitit
+
+    from dynconv.slurm import submit as slurm_submit
+    from dynconv.slurm.executor import Resources
+
+    params = Resources.generic_parameters  # sbatch --hold: pending (reason JobHeldUser) until released
+    monkeypatch.setattr(Resources, "generic_parameters",
+                        lambda res: {**params(res), "slurm_additional_parameters": {"hold": True}})
+    monkeypatch.setattr(slurm_submit, "PENDING_FIRST_S", 1.0)
+    monkeypatch.setattr(slurm_submit, "PENDING_EVERY_S", 1.5)
+    monkeypatch.setattr(submitit.SlurmJob, "_results_timeout_s", 0)  # a cancelled job leaves no result to wait for
+    said, say = [], slurm_submit._say
+
+    def cancel_after_two(line: str) -> None:
+        say(line)
+        said.append(line)
+        if len(said) == 2:
+            subprocess.run(["scancel", re.search(r"job (\d+)", line).group(1)], check=True)
+
+    monkeypatch.setattr(slurm_submit, "_say", cancel_after_two)
+    root = tmp_path / "jobs"
+    assert run_cli("submit", "--folder", root, "--time", "30", "--wait", "--run", "eval never-run.pt") == 1
+    out, err = capsys.readouterr()
+    (job,) = records(root)[0]["jobs"]
+    jid = job["job_id"]
+    lines = [ln for ln in out.splitlines() if "still pending" in ln]
+    assert len(lines) == 2, out
+    for line in lines:
+        assert re.fullmatch(rf"dynconv: job {jid} still pending after \d s: Slurm's reason is JobHeldUser "
+                            rf"\(held: scontrol release {jid} lets it start\)", line), line
+    assert f"job {jid} failed" in err
+    assert wait_state(jid, {"CANCELLED"}) == "CANCELLED"
 
 
 def test_local_executor_runs_the_same_job_without_slurm(tiny_data, tmp_path, capsys):

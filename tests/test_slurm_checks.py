@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 
 from dynconv.errors import DynconvError
-from dynconv.slurm import executor
-from dynconv.slurm.executor import Resources, check_against_cluster, mem_gb
+from dynconv.slurm import executor, partitions
+from dynconv.slurm.executor import Resources, mem_gb
+from dynconv.slurm.partitions import check_against_cluster
 from helpers import run_cli
 
-SINFO = "debug* 1-00:00:00\ngpu 2:00:00\nlong UNLIMITED\n"
+# `sinfo -h -N -o "%P|%N|%c|%m|%G|%l|%s"`: a node per line and partition
+SINFO = ("debug*|c1|8|32000|(null)|1-00:00:00|1-infinite\n"
+         "gpu|g1|16|64000|gpu:a100:4(S:0-1)|2:00:00|1-infinite\ngpu|g2|16|64000|gpu:a100:4(S:0-1)|2:00:00|1-infinite\n"
+         "long|c2|8|32000|(null)|UNLIMITED|1-infinite\n")
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ def test_bad_mem_is_one_line():
 @pytest.mark.parametrize("limit, minutes", [("30", 30), ("2:00:00", 120), ("1-00:00:00", 1440), ("0:30", 0.5),
                                             ("UNLIMITED", None), ("infinite", None)])
 def test_slurm_time_limits(limit, minutes):
-    assert executor._minutes(limit) == minutes
+    assert partitions._minutes(limit) == minutes
 
 
 def test_walltime_must_leave_room_for_the_checkpoint_signal():
@@ -54,15 +58,18 @@ def test_partition_and_its_limit_are_checked(fake_sinfo):
     check_against_cluster(Resources(time_min=10_000, partition="long"))
     with pytest.raises(DynconvError, match="unknown partition 'nosuch': this cluster has debug, gpu, long"):
         check_against_cluster(Resources(partition="nosuch"))
-    with pytest.raises(DynconvError, match="--time 180 min exceeds partition gpu's limit of 2:00:00"):
+    with pytest.raises(DynconvError, match="partition gpu cannot hold .*--time 180 min exceeds its limit of 2:00:00"):
         check_against_cluster(Resources(time_min=180, partition="gpu"))
-    with pytest.raises(DynconvError, match="exceeds partition debug's limit"):  # the default partition
+    with pytest.raises(DynconvError, match="default partition debug cannot hold .*exceeds its limit .* fits partition "
+                                           "long"):
         check_against_cluster(Resources(time_min=2000))
-    check_against_cluster(Resources(time_min=60, partition="gpu,long"))  # Slurm's list: the first with room
+    res = Resources(time_min=60, partition="gpu,long")
+    assert check_against_cluster(res) == [] and res.partition == "gpu,long"  # Slurm's list: the first with room
     with pytest.raises(DynconvError, match="unknown partition 'nosuch': this cluster has"):
         check_against_cluster(Resources(time_min=60, partition="gpu,nosuch"))
-    with pytest.raises(DynconvError, match="exceeds partition gpu's limit"):
-        check_against_cluster(Resources(time_min=180, partition="long,gpu"))
+    res = Resources(time_min=180, partition="long,gpu")  # of a list, the one whose limit is too short is dropped
+    assert check_against_cluster(res) == [("gpu", "--time 180 min exceeds its limit of 2:00:00")]
+    assert res.partition == "long"
 
 
 def test_one_task_per_gpu_and_the_scheduler_keywords():

@@ -34,7 +34,10 @@ def add_resource_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-task", type=int, default=1)
     g.add_argument("--mem", default=None, help="memory per node, e.g. 16G")
     g.add_argument("--time", type=int, default=60, help="walltime in minutes")
-    g.add_argument("--partition", default=None, help="partition, or a comma-separated list (the first with room)")
+    g.add_argument("--partition", default=None,
+                   help="partition, or a comma-separated list (Slurm starts the job on the first with room); "
+                        "checked against sinfo: one that cannot hold the job (nodes, CPUs, GPUs, memory, time) is "
+                        "dropped from a list, refused alone")
     g.add_argument("--account", default=None)
     g.add_argument("--qos", default=None)
     g.add_argument("--constraint", default=None)
@@ -44,7 +47,8 @@ def add_resource_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--folder", default="jobs", help="where submission folders go (mode 0700)")
     g.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
     g.add_argument("--wait", action="store_true",
-                   help="wait for the job(s) and print their results (always for local/debug)")
+                   help="wait for the job(s) and print their results (always for local/debug); a Slurm job "
+                        "still pending after 1 min prints why (squeue's reason), again every 5 min")
 
 
 def resources(a: argparse.Namespace):
@@ -66,6 +70,10 @@ def report_submission(out: dict, a: argparse.Namespace, cluster: str) -> int:
     if not (a.wait or cluster != "slurm"):
         print(f"follow with: dynconv jobs --folder {a.folder} | dynconv logs {ids[0]} --folder {a.folder}")
         return 0
+    if cluster == "slurm":  # a job that has not started within a minute says why (Slurm's pending reason)
+        from dynconv.slurm.submit import wait_reporting_pending
+
+        wait_reporting_pending(out["jobs"])
     failed = 0
     for job in out["jobs"]:
         try:
