@@ -34,6 +34,15 @@ def cli(*argv, cwd=None, timeout: int = 300, env=None) -> subprocess.CompletedPr
                           cwd=cwd, timeout=timeout, env=env)
 
 
+def cli_here(capsys, *argv) -> subprocess.CompletedProcess:
+    """``dynconv ARGV`` in this process, seen as :func:`cli` sees it (exit status, stdout, stderr): for errors found
+    before a run starts, without a new interpreter's start-up (one subprocess test per kind keeps the shell's view)."""
+    capsys.readouterr()
+    status = run_cli(*argv)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["dynconv", *map(str, argv)], status, out.out, out.err)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
     """Exit status 2, no traceback, exactly one ``dynconv: error:`` line, containing ``fragment``."""
     assert proc.returncode == 2, proc.stderr

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from dynconv.errors import DynconvError
-from helpers import CONFIG, SUBSETS, TEST_WIDTH, assert_one_line_error, cli, run_cli, train_args
+from helpers import CONFIG, SUBSETS, TEST_WIDTH, assert_one_line_error, cli, cli_here, run_cli, train_args
 
 
 @pytest.fixture(scope="module")
@@ -104,46 +104,46 @@ def test_error_missing_data_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_error_unknown_config_key_and_type(tmp_path, tiny_data):
-    assert_one_line_error(cli(*train_args(tiny_data, tmp_path / "r", "train.epoch=3")),
+def test_error_unknown_config_key_and_type(tmp_path, tiny_data, capsys):
+    assert_one_line_error(cli_here(capsys, *train_args(tiny_data, tmp_path / "r", "train.epoch=3")),
                            "unknown config key 'train.epoch': did you mean 'train.epochs'?")
-    assert_one_line_error(cli(*train_args(tiny_data, tmp_path / "r", "train.lr=fast")), "'train.lr'")
+    assert_one_line_error(cli_here(capsys, *train_args(tiny_data, tmp_path / "r", "train.lr=fast")), "'train.lr'")
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
-def test_error_unknown_subset_letter(trained, tiny_data, tmp_path):
+def test_error_unknown_subset_letter(trained, tiny_data, tmp_path, capsys):
     out = tmp_path / "e.json"
-    assert_one_line_error(cli("eval", trained / "model.pt", "--data", tiny_data / "val", "--subsets", "RGX",
+    assert_one_line_error(cli_here(capsys, "eval", trained / "model.pt", "--data", tiny_data / "val", "--subsets", "RGX",
                                 "--json", out), "unknown channel letter(s) 'X'")
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_error_checkpoint_of_another_model(trained, tiny_data, tmp_path):
-    assert_one_line_error(cli("eval", trained / "model.pt", "--data", tiny_data / "val", "--model", "resnet34"),
+def test_error_checkpoint_of_another_model(trained, tiny_data, tmp_path, capsys):
+    assert_one_line_error(cli_here(capsys, "eval", trained / "model.pt", "--data", tiny_data / "val", "--model", "resnet34"),
                            "holds a dynamic_resnet18 model, not resnet34")
     import torch
     from torchvision.models import resnet18
 
     plain = tmp_path / "plain.pt"
     torch.save(resnet18().state_dict(), plain)
-    assert_one_line_error(cli("eval", plain, "--data", tiny_data / "val"), "not a dynconv checkpoint")
+    assert_one_line_error(cli_here(capsys, "eval", plain, "--data", tiny_data / "val"), "not a dynconv checkpoint")
 
 
 @pytest.mark.slow
-def test_error_empty_class_folder_and_strict(tiny_data, tmp_path):
+def test_error_empty_class_folder_and_strict(tiny_data, tmp_path, capsys):
     import shutil
 
     root = tmp_path / "val"
     shutil.copytree(tiny_data / "val", root)
     (next(root.iterdir()) / "junk.jpg").write_bytes(b"garbage")
-    assert_one_line_error(cli("convert", root, tmp_path / "x.beton", "--strict"), "junk.jpg is not an image")
+    assert_one_line_error(cli_here(capsys, "convert", root, tmp_path / "x.beton", "--strict"), "junk.jpg is not an image")
     assert list(tmp_path.glob("*.beton")) == [] and list(tmp_path.glob(".*tmp")) == []
-    proc = cli("convert", root, tmp_path / "x.beton", "--workers", "1")
+    proc = cli_here(capsys, "convert", root, tmp_path / "x.beton", "--workers", "1")
     assert proc.returncode == 0 and "1 skipped" in proc.stdout and "skipped 1 unreadable" in proc.stderr
     (root / "zz_empty").mkdir()
-    assert_one_line_error(cli("convert", root, tmp_path / "y.beton"), "has no readable images")
+    assert_one_line_error(cli_here(capsys, "convert", root, tmp_path / "y.beton"), "has no readable images")
     assert not (tmp_path / "y.beton").exists()
 
 

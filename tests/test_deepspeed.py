@@ -181,18 +181,23 @@ def test_config_contradictions_are_errors(tmp_path, file, options, fragment):
 
 
 @pytest.mark.slow
-def test_bad_deepspeed_config_is_one_line_error(tiny_data, tmp_path):
-    """DeepSpeed itself ignores unknown top-level keys; dynconv names them. Each case starts DeepSpeed."""
+def test_bad_deepspeed_config_is_one_line_error(tiny_data, tmp_path, capsys):
+    """DeepSpeed itself ignores unknown top-level keys; dynconv names them. Each case but the missing file (found
+    before DeepSpeed starts: in-process) starts DeepSpeed."""
     typo = tmp_path / "typo.json"
     typo.write_text(json.dumps({"zero_optimisation": {"stage": 3}}))
     nested = tmp_path / "nested.json"
     nested.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_com": True}}))
     for extra, fragment in (([f"deepspeed.config={typo}"], "unknown DeepSpeed key 'zero_optimisation' (DeepSpeed "
                                                             "would ignore it): did you mean 'zero_optimization'?"),
-                            ([f"deepspeed.config={nested}"], "DeepSpeed rejects 'overlap_com'"),
-                            ([f"deepspeed.config={tmp_path / 'missing.json'}"], "missing.json does not exist")):
+                            ([f"deepspeed.config={nested}"], "DeepSpeed rejects 'overlap_com'")):
         proc = cli(*_args(tiny_data, tmp_path / "run", "train.strategy=deepspeed", *extra))
         assert_one_line_error(proc, fragment)
+    capsys.readouterr()
+    assert run_cli(*_args(tiny_data, tmp_path / "run", "train.strategy=deepspeed",
+                          f"deepspeed.config={tmp_path / 'missing.json'}")) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("dynconv: error:") and "missing.json does not exist" in err[0], err
     assert not (tmp_path / "run").exists()
 
 

@@ -19,7 +19,7 @@ from dynconv.fileio import DiskFull
 from dynconv.train.checkpoint import atomic_torch_save, load_checkpoint
 from dynconv.train.runlock import RunLock
 from dynconv.launch.config import Config, load_config
-from helpers import assert_one_line_error, cli, resume_args, run_cli, train_args
+from helpers import assert_one_line_error, cli, cli_here, resume_args, run_cli, train_args
 
 FUZZ = settings(max_examples=int(os.environ.get("DYNCONV_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -258,8 +258,8 @@ def test_symlink_loops_in_image_folders_terminate(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_malformed_tracking_uri(tiny_data, tmp_path):
-    assert_one_line_error(cli(*train_args(tiny_data, tmp_path / "r", "tracking.uri=not a uri")),
+def test_malformed_tracking_uri(tiny_data, tmp_path, capsys):
+    assert_one_line_error(cli_here(capsys, *train_args(tiny_data, tmp_path / "r", "tracking.uri=not a uri")),
                            "tracking.uri 'not a uri' is not a URI")
 
 
