@@ -4,8 +4,8 @@ each channel subset asked for (the plain model sees the subset zero-filled, at f
 Goal: prefix and slice ≤ 1.05× on every subset. All models are timed in one process, interleaved round by
 round so that machine noise hits every model alike; the ratio uses the median step time. On CUDA the table also
 counts the step's host synchronisations (``torch.cuda.set_sync_debug_mode``): a Python list used as an index is
-copied to the device and waits for the GPU every step (0 expected: a gathered subset such as RB once made
-three per step; a 7 % slower step than a prefix subset was measured then on an H200).
+copied to the device and waits for the GPU (0 expected now: the slice stem on R+B made two per step, the input's
+gather and the weight's, and the zero-filled input of a plain model one).
 
     .venv/bin/python bench/stem_overhead.py [--batch 32] [--size 64] [--steps 20] [--preset torchvision]
         [--subsets RGB,RG,RB,R] [--precision fp32|bf16] [--channels-last] [--device cuda]

@@ -25,9 +25,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: t
 # on one worker, which starts the cluster and stops it at its end. Modules start longest first (the order only
 # decides how evenly the workers finish; the seconds are a 2-core run's).
 SLURM_MODULES = ("tests/test_multinode.py", "tests/test_slurm.py")
-GROUP_SECONDS = {"slurm": 410, "tests/test_norm.py": 235, "tests/test_deepspeed.py": 150, "tests/test_sweeps.py": 150,
-                 "tests/test_reliability.py": 125, "tests/test_tracking_server.py": 95, "tests/test_cli.py": 85,
-                 "tests/test_mixture.py": 80, "tests/test_ablation.py": 45, "tests/test_ddp.py": 40}
+GROUP_SECONDS = {"slurm": 530, "tests/test_deepspeed.py": 330, "tests/test_sweeps.py": 270,
+                 "tests/test_reliability.py": 160, "tests/test_tracking_server.py": 130, "tests/test_mixture.py": 130,
+                 "tests/test_norm.py": 105, "tests/test_cli.py": 80, "tests/test_gpu_recipe.py": 50,
+                 "tests/test_ablation.py": 45, "tests/test_ddp.py": 40}
 
 
 def test_group(nodeid: str) -> str:
