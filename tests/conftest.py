@@ -27,7 +27,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: t
 SLURM_MODULES = ("tests/test_multinode.py", "tests/test_slurm.py")
 GROUP_SECONDS = {"slurm": 530, "tests/test_deepspeed.py": 330, "tests/test_sweeps.py": 270,
                  "tests/test_reliability.py": 160, "tests/test_tracking_server.py": 130, "tests/test_mixture.py": 130,
-                 "tests/test_norm.py": 105, "tests/test_cli.py": 80, "tests/test_gpu_recipe.py": 50,
+                 "tests/test_norm.py": 105, "tests/test_cli.py": 80, "tests/test_wheelhouse.py": 80,
+                 "tests/test_gpu_recipe.py": 50,
                  "tests/test_ablation.py": 45, "tests/test_ddp.py": 40}
 
 

@@ -16,11 +16,11 @@ from ..console import INTERRUPTED, log_to_stdout, say
 from ..provenance import launch_dir_remembered
 
 from . import (ablate, calibrate, cancel, compare, convert, data, demo, env, evaluate, export, flops, jobs, logs,
-               mlflow_server, recipes, report, reproduce, submit, sweep, sync, train)
+               mlflow_server, recipes, report, reproduce, submit, sweep, sync, train, wheelhouse)
 
 # in the order `dynconv --help` lists them
 COMMANDS = (demo, data, convert, train, evaluate, calibrate, export, flops, ablate, recipes, compare, report,
-            reproduce, mlflow_server, sync, sweep, submit, jobs, logs, cancel, env)
+            reproduce, mlflow_server, sync, sweep, submit, jobs, logs, cancel, env, wheelhouse)
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
