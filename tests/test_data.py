@@ -1,5 +1,6 @@
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,26 @@ def test_numbas_finaliser_error_is_dropped_and_nothing_else():
     mine = unraisable(os.path.join("site-packages", "mine", "code.py"))
     hook(mine)
     assert seen == [mine]
+
+
+def test_an_ffcv_epoch_left_early_stops_its_thread(tiny_data):
+    """Calibration reads a few batches of an epoch and closes it: FFCV's epoch thread (which prefetches into
+    buffers it holds) must end, not wait forever to hand over its next batch — one per validation otherwise."""
+    import threading
+
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    def epoch_threads():
+        return [t for t in threading.enumerate() if isinstance(t, EpochIterator) and t.is_alive()]
+
+    source = build_source(tiny_data / "train.beton", image_size=32, batch_size=4, num_workers=1, train=True)
+    before = len(epoch_threads())
+    for k in range(3):
+        epoch = source.epoch(k, copy=False)
+        next(epoch)
+        assert len(epoch_threads()) > before  # it prefetches the next batches meanwhile
+        epoch.close()
+    deadline = time.monotonic() + 10
+    while len(epoch_threads()) > before and time.monotonic() < deadline:  # each ends within 0.5 s
+        time.sleep(0.1)
+    assert len(epoch_threads()) == before

@@ -131,12 +131,21 @@ class FfcvSource(DataSource):
         self.batches.next_epoch = epoch  # its random order is seeded by (seed, epoch)
 
     def _iterate(self, copy: bool = True):
-        for x, y in self.batches:
-            if self.resize_to and x.shape[-1] != self.resize_to:
-                x = square_resize(x, self.resize_to)
-            elif copy:
-                x = x.clone()
-            yield x, y.clone()
+        it = iter(self.batches)
+        try:
+            for x, y in it:
+                if self.resize_to and x.shape[-1] != self.resize_to:
+                    x = square_resize(x, self.resize_to)
+                elif copy:
+                    x = x.clone()
+                yield x, y.clone()
+        finally:
+            # an epoch left before its end (calibration's few batches, an interrupted run): FFCV's epoch thread
+            # would wait forever to hand over its next batch, keeping its buffers. Told to stop, it ends at its
+            # next attempt (within half a second); FFCV frees the epoch's memory when the iterator is collected.
+            stop = getattr(it, "terminate_event", None)
+            if stop is not None:
+                stop.set()
 
 
 class ShardedBatchSampler(Sampler):
